@@ -1,0 +1,54 @@
+"""A plain progress display for long compiled loops (no dependency).
+
+On a terminal it redraws one line; elsewhere (logs, CI) it prints a line at
+about every tenth of the work, so a long run always shows it is alive.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """Report ``done/total`` with elapsed and remaining time.
+
+    Example:
+        >>> p = Progress("demo", 10, enabled=False)
+        >>> p.update(5); p.close()
+    """
+
+    def __init__(self, label: str, total: int, *, enabled: bool = True, stream=None):
+        self.label, self.total, self.enabled = label, max(int(total), 1), enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.start = time.perf_counter()
+        self.done = 0
+        self._last_tenth = -1
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, done: int, extra: str = "") -> None:
+        self.done = done
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        frac = done / self.total
+        left = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        msg = f"{self.label}: {done}/{self.total} ({100 * frac:3.0f}%) {elapsed:6.1f} s elapsed"
+        if frac < 1 and left == left:
+            msg += f", about {left:.0f} s left"
+        if extra:
+            msg += f"  {extra}"
+        if self._tty:
+            self.stream.write("\r" + msg.ljust(100))
+            self.stream.flush()
+        else:
+            tenth = int(10 * frac)
+            if tenth != self._last_tenth:
+                self._last_tenth = tenth
+                self.stream.write(msg + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
