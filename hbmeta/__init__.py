@@ -61,5 +61,76 @@ from hbmeta._spec import (  # noqa: E402
 __all__ += ["CategoricalLikelihood", "ModelSpec", "NormalLikelihood", "NormalPrior", "Posterior", "StepSizePrior"]
 
 # --- inference (helper B): add imports and __all__ entries below this line ---
+from hbmeta._infer import infer, maml_posterior  # noqa: E402
+from hbmeta._infer_laplace import run_laplace  # noqa: E402
+from hbmeta._infer_nuts import run_nuts  # noqa: E402
+from hbmeta._infer_svgd import run_svgd  # noqa: E402
+from hbmeta._infer_svi import run_svi  # noqa: E402
+from hbmeta._model import build_model  # noqa: E402
+
+__all__ += ["build_model", "infer", "maml_posterior", "run_laplace", "run_nuts", "run_svgd", "run_svi"]
 
 # --- predictive, metrics, ArviZ (helper C): add imports and __all__ entries below this line ---
+from hbmeta import plots  # noqa: E402
+from hbmeta._arviz import Diagnosis, diagnose, diagnostic_draws, load_netcdf, loo, save_netcdf, to_arviz  # noqa: E402
+from hbmeta._metrics import (  # noqa: E402
+    accuracy,
+    brier_score,
+    calibration_curve,
+    calibration_error,
+    categorical_nll,
+    coverage,
+    expected_calibration_error,
+    mixture_cdf,
+    mixture_nll,
+    predictive_metrics,
+    predictive_mse,
+    reliability_curve,
+)
+from hbmeta._predict import Predictive, PredictiveSummary, sample_predictive, summarize, with_query_inputs  # noqa: E402
+
+__all__ += [
+    "Diagnosis",
+    "Predictive",
+    "PredictiveSummary",
+    "accuracy",
+    "brier_score",
+    "calibration_curve",
+    "calibration_error",
+    "categorical_nll",
+    "coverage",
+    "diagnose",
+    "diagnostic_draws",
+    "expected_calibration_error",
+    "load_netcdf",
+    "loo",
+    "mixture_cdf",
+    "mixture_nll",
+    "plots",
+    "predictive_metrics",
+    "predictive_mse",
+    "reliability_curve",
+    "sample_predictive",
+    "save_netcdf",
+    "summarize",
+    "to_arviz",
+    "with_query_inputs",
+]
+
+# --- configuration, the main job, exact reference (helper D): add imports and __all__ entries below this line ---
+from hbmeta._config import Config, load_config  # noqa: E402
+from hbmeta._exact import GaussianPosterior, gaussian_distance, linear_gaussian_posterior  # noqa: E402
+from hbmeta._run import RunResult, run_pipeline  # noqa: E402
+from hbmeta._rundir import LoadedRun, load_run  # noqa: E402
+
+__all__ += [
+    "Config",
+    "GaussianPosterior",
+    "LoadedRun",
+    "RunResult",
+    "gaussian_distance",
+    "linear_gaussian_posterior",
+    "load_config",
+    "load_run",
+    "run_pipeline",
+]

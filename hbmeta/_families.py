@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import jax
@@ -34,7 +35,42 @@ def _check_positive_int(name, value, minimum=1):
 
 
 def _uniform(key, shape, bounds):
+    if bounds[0] == bounds[1]:  # a fixed value: no random draw (cheaper inside meta-training loops)
+        return jnp.full(shape, bounds[0], dtype=jnp.result_type(float))
     return jax.random.uniform(key, shape, minval=bounds[0], maxval=bounds[1])
+
+
+def _add_noise(key, y, scale, noise):
+    """``y + scale·ε`` with ``ε ~ N(0, 1)``; no draw at all when the family is noiseless."""
+    if noise == 0:
+        return y
+    return y + scale * jax.random.normal(key, y.shape, dtype=y.dtype)
+
+
+def _sample_impl(family, key, num_tasks, num_support, num_query):
+    k_params, k_points = jax.random.split(key)
+    params = family.sample_params(k_params, num_tasks)
+    keys = jax.random.split(k_points, num_tasks)
+    xs, ys, xq, yq = jax.vmap(lambda k, p: family._points(k, p, num_support, num_query))(keys, params)
+    return TaskBatch(xs, ys, xq, yq), params
+
+
+# Compiled once per (family, sizes): an eager call then costs one dispatch, not one per operation.
+_sample_jit = jax.jit(_sample_impl, static_argnums=(0, 2, 3, 4))
+
+
+def _sample(family, key, num_tasks, num_support, num_query):
+    try:
+        hash(family)
+    except TypeError:  # a user-defined family that cannot be a static argument
+        return _sample_impl(family, key, num_tasks, num_support, num_query)
+    return _sample_jit(family, key, num_tasks, num_support, num_query)
+
+
+@partial(jax.jit, static_argnums=2)
+def _pick(key, tasks, num_tasks):
+    index = jax.random.permutation(key, tasks.num_tasks)[:num_tasks]
+    return tasks.take(index)
 
 
 class _Family:
@@ -53,11 +89,7 @@ class _Family:
         _check_positive_int("num_tasks", num_tasks)
         _check_positive_int("num_support", num_support)
         _check_positive_int("num_query", num_query, minimum=0)
-        k_params, k_points = jax.random.split(key)
-        params = self.sample_params(k_params, num_tasks)
-        keys = jax.random.split(k_points, num_tasks)
-        xs, ys, xq, yq = jax.vmap(lambda k, p: self._points(k, p, num_support, num_query))(keys, params)
-        tasks = TaskBatch(xs, ys, xq, yq)
+        tasks, params = _sample(self, key, int(num_tasks), int(num_support), int(num_query))
         return (tasks, params) if return_params else tasks
 
     def fixed(self, key, num_tasks: int, *, num_support=None, num_query=None) -> "FixedTasks":
@@ -129,7 +161,7 @@ class Sinusoid(_Family):
     def _points(self, key, p, k, m):
         kx, ke = jax.random.split(key)
         x = _uniform(kx, (k + m, 1), self.x_range)
-        y = self.function(p, x) + self._noise_scale(p) * jax.random.normal(ke, x.shape)
+        y = _add_noise(ke, self.function(p, x), self._noise_scale(p), self.noise)
         return x[:k], y[:k], x[k:], y[k:]
 
 
@@ -188,7 +220,7 @@ class SinusoidAndLine(_Family):
     def _points(self, key, p, k, m):
         kx, ke = jax.random.split(key)
         x = _uniform(kx, (k + m, 1), self.x_range)
-        y = self.function(p, x) + self.noise * jax.random.normal(ke, x.shape)
+        y = _add_noise(ke, self.function(p, x), self.noise, self.noise)
         return x[:k], y[:k], x[k:], y[k:]
 
 
@@ -235,7 +267,7 @@ class LinearGaussian(_Family):
     def _points(self, key, p, k, m):
         kx, ke = jax.random.split(key)
         x = self.x_scale * jax.random.normal(kx, (k + m, self.dim))
-        y = self.function(p, x) + self.noise * jax.random.normal(ke, (k + m, 1))
+        y = _add_noise(ke, self.function(p, x), self.noise, self.noise)
         return x[:k], y[:k], x[k:], y[k:]
 
 
@@ -337,5 +369,4 @@ class FixedTasks:
     def sample(self, key, num_tasks: int, **_):
         if num_tasks > self.num_tasks:
             raise ValueError(f"num_tasks={num_tasks}; expected at most the {self.num_tasks} tasks in the set")
-        index = jax.random.permutation(key, self.num_tasks)[:num_tasks]
-        return self.tasks.take(index)
+        return _pick(key, self.tasks, int(num_tasks))

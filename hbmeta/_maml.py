@@ -11,7 +11,7 @@ step sizes α are meta-learned too.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +23,10 @@ from hbmeta._adapt import GradientSteps
 from hbmeta._families import FixedTasks
 from hbmeta._progress import Progress
 from hbmeta._tasks import TaskBatch
+
+
+# optax ≥ 0.2.5 has optax.tree.norm and deprecates optax.global_norm.
+_tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
 
 class MAMLState(NamedTuple):
@@ -104,7 +108,7 @@ def maml_update(state: MAMLState, tasks: TaskBatch, *, rule, optimizer, learn_st
     if learn_step_size:  # keep step sizes positive
         step_size = jax.tree.map(lambda a: jnp.maximum(a, 1e-6), step_size)
     new = MAMLState(params, step_size, opt_state, state.key, state.iteration + 1)
-    return new, MAMLInfo(loss, optax.global_norm(grads))
+    return new, MAMLInfo(loss, _tree_norm(grads))
 
 
 def _as_source(tasks):
@@ -139,6 +143,34 @@ def make_train_loop(source, *, rule, optimizer, meta_batch_size, learn_step_size
         return jax.lax.scan(one, state, None, length=num_iterations)
 
     return loop
+
+
+_DEFAULT_OPTIMIZER = optax.adam(1e-3)
+
+
+@lru_cache(maxsize=32)
+def _cached_train_loop(source, rule, optimizer, meta_batch_size, learn_step_size):
+    return make_train_loop(
+        source, rule=rule, optimizer=optimizer, meta_batch_size=meta_batch_size, learn_step_size=learn_step_size
+    )
+
+
+def _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size):
+    """The compiled loop, reused across calls with the same (hashable) configuration.
+
+    Reuse means resuming training (``state=``) or training again with the same
+    rule, optimiser object and task source does not retrace or recompile.
+    Configurations that cannot be hashed (a fixed task set of arrays, a
+    pytree of step sizes) get a fresh loop.
+    """
+    config = (source, rule, optimizer, int(meta_batch_size), bool(learn_step_size))
+    try:
+        hash(config)
+    except TypeError:
+        return make_train_loop(
+            source, rule=rule, optimizer=optimizer, meta_batch_size=meta_batch_size, learn_step_size=learn_step_size
+        )
+    return _cached_train_loop(*config)
 
 
 def train_maml(
@@ -195,14 +227,12 @@ def train_maml(
         raise ValueError(
             f"meta_batch_size={meta_batch_size}; expected at most the {source.num_tasks} tasks in the set"
         )
-    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    optimizer = _DEFAULT_OPTIMIZER if optimizer is None else optimizer
     if state is None:
         state = init_maml(
             params, optimizer=optimizer, step_size=rule.step_size, key=key, learn_step_size=learn_step_size
         )
-    loop = make_train_loop(
-        source, rule=rule, optimizer=optimizer, meta_batch_size=meta_batch_size, learn_step_size=learn_step_size
-    )
+    loop = _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size)
     bar = Progress("meta-training", num_iterations, enabled=progress)
     losses, done = [], 0
     while done < num_iterations:

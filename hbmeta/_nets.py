@@ -82,7 +82,8 @@ def mlp(sizes: Sequence[int], *, activation="relu", init="he", init_scale: float
             h = act(h @ layer["w"] + layer["b"])
         return h @ params[-1]["w"] + params[-1]["b"]
 
-    return Network(init_fn, apply)
+    # Compiled as one function: eager initialisation would compile every random draw separately.
+    return Network(jax.jit(init_fn), apply)
 
 
 def linear() -> Network:

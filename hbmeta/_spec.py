@@ -33,6 +33,11 @@ def _positive_leaves(name, value):
             raise ValueError(f"{name}={value!r}; expected positive, finite values")
 
 
+def _is_scalar(value) -> bool:
+    """A Python number or a 0-d array (not a container of values)."""
+    return not isinstance(value, (dict, list, tuple)) and jnp.ndim(value) == 0 and len(jax.tree.leaves(value)) == 1
+
+
 @dataclass(frozen=True)
 class NormalPrior:
     """θ ~ N(loc, scale²) independently per parameter.
@@ -49,6 +54,9 @@ class NormalPrior:
 
     def __post_init__(self):
         _positive_leaves("prior scale", self.scale)
+        for leaf in jax.tree.leaves(self.loc):
+            if not bool(jnp.all(jnp.isfinite(jnp.asarray(leaf)))):
+                raise ValueError(f"prior loc={self.loc!r}; expected finite values")
 
 
 @dataclass(frozen=True)
@@ -119,21 +127,51 @@ class ModelSpec:
                 f"likelihood is a {type(self.likelihood).__name__}; "
                 "expected hbmeta.NormalLikelihood or hbmeta.CategoricalLikelihood"
             )
+        if self.step_size_prior is not None and not isinstance(self.step_size_prior, StepSizePrior):
+            raise ValueError(
+                f"step_size_prior is a {type(self.step_size_prior).__name__}; expected hbmeta.StepSizePrior or None"
+            )
         if self.explicit_tau is not None:
             _positive_leaves("explicit_tau", self.explicit_tau)
+            if self.step_size_prior is not None:
+                raise ValueError(
+                    "step_size_prior is set with explicit_tau; expected only one: the explicit variant "
+                    "has latent φ_j and no inner gradient steps, so it has no step size to infer"
+                )
         structure = jax.tree.structure(self.params)
-        if self.prior.centre is not None and jax.tree.structure(self.prior.centre) != structure:
-            raise ValueError(
-                f"prior centre has tree structure {jax.tree.structure(self.prior.centre)}; "
-                f"expected the params' structure {structure}"
-            )
+        if not jax.tree.leaves(self.params):
+            raise ValueError("params has no array leaves; expected a params pytree with at least one array")
+        if self.prior.centre is not None:
+            if jax.tree.structure(self.prior.centre) != structure:
+                raise ValueError(
+                    f"prior centre has tree structure {jax.tree.structure(self.prior.centre)}; "
+                    f"expected the params' structure {structure}"
+                )
+            for c, p in zip(jax.tree.leaves(self.prior.centre), jax.tree.leaves(self.params)):
+                if jnp.shape(c) != jnp.shape(p):
+                    raise ValueError(
+                        f"prior centre has a leaf of shape {jnp.shape(c)}; expected the params' "
+                        f"leaf shape {jnp.shape(p)}"
+                    )
         for name in ("loc", "scale"):
             value = getattr(self.prior, name)
-            if jax.tree.leaves(value) and len(jax.tree.leaves(value)) > 1:
-                if jax.tree.structure(value) != structure:
+            if _is_scalar(value):
+                continue
+            if jax.tree.structure(value) != structure:
+                raise ValueError(
+                    f"prior {name} has tree structure {jax.tree.structure(value)}; "
+                    f"expected a scalar or the params' structure {structure}"
+                )
+            for v, p in zip(jax.tree.leaves(value), jax.tree.leaves(self.params)):
+                try:
+                    jnp.broadcast_shapes(jnp.shape(v), jnp.shape(p))
+                    ok = jnp.broadcast_shapes(jnp.shape(v), jnp.shape(p)) == jnp.shape(p)
+                except ValueError:
+                    ok = False
+                if not ok:
                     raise ValueError(
-                        f"prior {name} has tree structure {jax.tree.structure(value)}; "
-                        f"expected a scalar or the params' structure {structure}"
+                        f"prior {name} has a leaf of shape {jnp.shape(v)}; expected a shape that "
+                        f"broadcasts to the params' leaf shape {jnp.shape(p)}"
                     )
 
     @property
@@ -154,11 +192,12 @@ class ModelSpec:
         return ravel_pytree(params)[0]
 
     def _per_param(self, value):
+        dtype = self.flat_template.dtype
+        if _is_scalar(value):
+            return jnp.full((self.num_params,), jnp.asarray(value, dtype=dtype))
         leaves = jax.tree.leaves(self.params)
-        if len(jax.tree.leaves(value)) <= 1 and not isinstance(value, (dict, list, tuple)):
-            return jnp.full((self.num_params,), jnp.asarray(value, dtype=self.flat_template.dtype))
-        parts = [jnp.broadcast_to(jnp.asarray(v), jnp.shape(p)).ravel() for v, p in zip(jax.tree.leaves(value), leaves)]
-        return jnp.concatenate(parts).astype(self.flat_template.dtype)
+        parts = [jnp.broadcast_to(jnp.asarray(v, dtype), jnp.shape(p)).ravel() for v, p in zip(jax.tree.leaves(value), leaves)]
+        return jnp.concatenate(parts)
 
     def prior_loc_scale(self):
         """``(loc, scale)``: the prior's flat mean and standard deviation vectors (length P)."""

@@ -151,6 +151,13 @@ def make_tasks(
             f"x_support has shape {arrays['x_support'].shape}: the support set is empty; "
             "expected at least one support point per task"
         )
+    ys, yq = arrays["y_support"], arrays["y_query"]
+    if ys.ndim != yq.ndim or ys.shape[2:] != yq.shape[2:]:
+        trailing = "".join(f", {s}" for s in ys.shape[2:])
+        raise ValueError(
+            f"y_query has shape {yq.shape}; expected ({yq.shape[0]}, {yq.shape[1]}{trailing}), "
+            f"targets of the same kind as y_support {ys.shape}"
+        )
     if arrays["x_query"].shape[2] != arrays["x_support"].shape[2]:
         raise ValueError(
             f"x_query has {arrays['x_query'].shape[2]} features (shape {arrays['x_query'].shape}); "
