@@ -148,14 +148,17 @@ def time_baseline_dispatched(key, iterations, net):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=70_000, help="meta-iterations of the hbmeta run (default 70000)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=70_000,
+                        help="meta-iterations of the hbmeta run (default 70000)")
     parser.add_argument("--baseline-iterations", type=int, default=3000,
                         help="meta-iterations timed for each implementation (default 3000)")
     parser.add_argument("--dispatch-iterations", type=int, default=None,
                         help="iterations timed for the Python-dispatched baseline (default 500; 0 skips it; "
                              "--quick skips it)")
-    parser.add_argument("--chunk-size", type=int, default=1000, help="meta-iterations per compiled chunk (default 1000)")
+    parser.add_argument("--chunk-size", type=int, default=1000,
+                        help="meta-iterations per compiled chunk (default 1000)")
     parser.add_argument("--eval-tasks", type=int, default=600, help="evaluation tasks (default 600)")
     parser.add_argument("--query-points", type=int, default=100, help="query points per evaluation task (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")

@@ -44,7 +44,18 @@ def _v1(az) -> bool:
     return int(az.__version__.split(".")[0]) >= 1
 
 
+def _is_idata(obj) -> bool:
+    az = _az()
+    if _v1(az):
+        import xarray
+
+        return isinstance(obj, xarray.DataTree)
+    return isinstance(obj, az.InferenceData)
+
+
 def _group_names(idata) -> list:
+    if not _is_idata(idata):
+        return []
     return list(idata.children) if _v1(_az()) else list(idata.groups())
 
 
@@ -140,7 +151,8 @@ def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predicti
         >>> net = hb.mlp((1, 8, 1)); theta = net.init(jax.random.key(0))
         >>> spec = hb.ModelSpec(hb.GradientSteps(net.apply), theta, likelihood=hb.NormalLikelihood(noise=0.5))
         >>> flat = spec.ravel(theta) + 0.01 * jax.random.normal(jax.random.key(1), (2, 10, spec.num_params))
-        >>> idata = hb.to_arviz(hb.Posterior({"theta": flat}, spec, "custom", {}), hb.Sinusoid().sample(jax.random.key(2), 3))
+        >>> post = hb.Posterior({"theta": flat}, spec, "custom", {})
+        >>> idata = hb.to_arviz(post, hb.Sinusoid().sample(jax.random.key(2), 3))
         >>> dict(idata.log_likelihood["y"].sizes)
         {'chain': 2, 'draw': 10, 'task': 3}
     """

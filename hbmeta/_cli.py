@@ -109,6 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv):
+    """Parse, letting ``key=value`` overrides of run and fit come after the options too."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ("run", "fit"):
+        args.args += [a for a in extra if "=" in a and not a.startswith("-")]
+        extra = [a for a in extra if not ("=" in a and not a.startswith("-"))]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _split_args(args: list[str]):
     source, overrides = None, []
     for a in args:
@@ -132,6 +144,25 @@ def _use_cpu_cores() -> None:
         pass  # JAX is already running in this process (e.g. main() called from Python): keep its devices
 
 
+def _fast_compile() -> None:
+    """Toy runs spend their time compiling, not computing: ask XLA for quicker, less optimised code.
+
+    Only possible before JAX starts its backends (a fresh ``hbmeta`` process); a no-op otherwise.
+    """
+    try:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return
+    except (ImportError, AttributeError):
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    for flag in ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"):
+        if flag.split("=")[0] not in flags:
+            flags = f"{flags} {flag}".strip()
+    os.environ["XLA_FLAGS"] = flags
+
+
 def _cmd_job(a, *, fit_only: bool) -> int:
     from hbmeta._config import load_config
     from hbmeta._run import run_pipeline
@@ -139,12 +170,14 @@ def _cmd_job(a, *, fit_only: bool) -> int:
     source, overrides = _split_args(a.args)
     overrides = overrides + list(a.overrides) + (["run.progress=false"] if a.quiet else [])
     cfg = load_config(source, overrides, method=a.method, seed=a.seed, toy=a.toy)
+    if cfg.run.toy:
+        _fast_compile()
+    _use_cpu_cores()  # both before JAX starts: reading the tasks below starts it
     train_tasks = None
     if getattr(a, "tasks", None):
         from hbmeta._userdata import read_tasks
 
         train_tasks = read_tasks(a.tasks, input_dim=cfg.family.input_dim)
-    _use_cpu_cores()
     run_pipeline(cfg, out=a.out, fit_only=fit_only, train_tasks=train_tasks)
     return 0
 
@@ -224,7 +257,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = _parser().parse_args(argv)
+        args = _parse(argv)
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("hbmeta: interrupted", file=sys.stderr)

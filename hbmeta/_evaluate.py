@@ -7,6 +7,7 @@ steps with the rule's α, and the query loss is recorded after every step
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import jax
@@ -55,6 +56,22 @@ def finetune_losses(params, tasks: TaskBatch, *, rule: GradientSteps, num_steps:
     return jax.vmap(one)(*tasks.support(), *tasks.query())
 
 
+def _jit_finetune(rule, num_steps):
+    return jax.jit(lambda p, t, a: finetune_losses(p, t, rule=rule, num_steps=num_steps, step_size=a))
+
+
+_cached_finetune = lru_cache(maxsize=16)(_jit_finetune)
+
+
+def _compiled_finetune(rule, num_steps):
+    """The jitted fine-tuning, reused across calls with the same rule (so a second call does not recompile)."""
+    try:
+        hash(rule)
+    except TypeError:  # e.g. a pytree of step sizes in the rule
+        return _jit_finetune(rule, num_steps)
+    return _cached_finetune(rule, num_steps)
+
+
 def evaluate(params, tasks: TaskBatch, *, rule: GradientSteps, num_steps: int = 10, step_size=None) -> Evaluation:
     """Fine-tune θ on each task's support set and score the query set after each step.
 
@@ -69,7 +86,7 @@ def evaluate(params, tasks: TaskBatch, *, rule: GradientSteps, num_steps: int = 
     """
     if int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps={num_steps!r}; expected a non-negative integer")
-    fn = jax.jit(lambda p, t, a: finetune_losses(p, t, rule=rule, num_steps=num_steps, step_size=a))
+    fn = _compiled_finetune(rule, int(num_steps))
     per_task = np.asarray(fn(params, tasks, rule.step_size if step_size is None else step_size))
     n = per_task.shape[0]
     mean = per_task.mean(axis=0)

@@ -40,19 +40,24 @@ def _uniform(key, shape, bounds):
     return jax.random.uniform(key, shape, minval=bounds[0], maxval=bounds[1])
 
 
-def _add_noise(key, y, scale, noise):
-    """``y + scale·ε`` with ``ε ~ N(0, 1)``; no draw at all when the family is noiseless."""
+def _inputs_and_noise(key, noise, draw_x):
+    """``(x, add_noise)``: inputs from ``draw_x(key)`` and a function ``y -> y + scale·ε``.
+
+    A noiseless family makes no noise draw at all (and no key split): every
+    random draw is a separate piece of compiled code inside training loops.
+    """
     if noise == 0:
-        return y
-    return y + scale * jax.random.normal(key, y.shape, dtype=y.dtype)
+        return draw_x(key), lambda y, scale: y
+    kx, ke = jax.random.split(key)
+    return draw_x(kx), lambda y, scale: y + scale * jax.random.normal(ke, y.shape, dtype=y.dtype)
 
 
 def _sample_impl(family, key, num_tasks, num_support, num_query):
     k_params, k_points = jax.random.split(key)
     params = family.sample_params(k_params, num_tasks)
-    keys = jax.random.split(k_points, num_tasks)
-    xs, ys, xq, yq = jax.vmap(lambda k, p: family._points(k, p, num_support, num_query))(keys, params)
-    return TaskBatch(xs, ys, xq, yq), params
+    x, y = family._points(k_points, params, num_tasks, num_support + num_query)
+    k = num_support
+    return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:]), params
 
 
 # Compiled once per (family, sizes): an eager call then costs one dispatch, not one per operation.
@@ -74,7 +79,12 @@ def _pick(key, tasks, num_tasks):
 
 
 class _Family:
-    """Shared sampling logic: subclasses give ``sample_params`` and ``_points``."""
+    """Shared sampling logic: subclasses give ``sample_params`` and ``_points``.
+
+    ``_points(key, params, num_tasks, num_points)`` draws the inputs and targets
+    of all tasks at once, ``(T, N, d)`` and ``(T, N, o)`` (or ``(T, N)`` labels);
+    the first ``num_support`` points of each task form its support set.
+    """
 
     regression = True
 
@@ -89,8 +99,12 @@ class _Family:
         _check_positive_int("num_tasks", num_tasks)
         _check_positive_int("num_support", num_support)
         _check_positive_int("num_query", num_query, minimum=0)
+        self._check_points(num_support, num_query)
         tasks, params = _sample(self, key, int(num_tasks), int(num_support), int(num_query))
         return (tasks, params) if return_params else tasks
+
+    def _check_points(self, num_support, num_query):
+        """Family-specific checks of point counts (raise ValueError)."""
 
     def fixed(self, key, num_tasks: int, *, num_support=None, num_query=None) -> "FixedTasks":
         """A finite set of ``num_tasks`` tasks drawn once (e.g. BMAML's |T| = 100)."""
@@ -155,14 +169,10 @@ class Sinusoid(_Family):
         """The noiseless function of one task at inputs ``x`` of shape ``(..., 1)``."""
         return p["amplitude"] * jnp.sin(p["frequency"] * x - p["phase"])
 
-    def _noise_scale(self, p):
-        return self.noise * (p["amplitude"] if self.relative_noise else 1.0)
-
-    def _points(self, key, p, k, m):
-        kx, ke = jax.random.split(key)
-        x = _uniform(kx, (k + m, 1), self.x_range)
-        y = _add_noise(ke, self.function(p, x), self._noise_scale(p), self.noise)
-        return x[:k], y[:k], x[k:], y[k:]
+    def _points(self, key, p, n, num_points):
+        x, add_noise = _inputs_and_noise(key, self.noise, lambda k: _uniform(k, (n, num_points, 1), self.x_range))
+        scale = self.noise * (p["amplitude"][:, None, None] if self.relative_noise else 1.0)
+        return x, add_noise(jax.vmap(self.function)(p, x), scale)
 
 
 @dataclass(frozen=True)
@@ -217,11 +227,9 @@ class SinusoidAndLine(_Family):
         line = p["slope"] * x + p["intercept"]
         return jnp.where(p["is_line"] == 1, line, sine)
 
-    def _points(self, key, p, k, m):
-        kx, ke = jax.random.split(key)
-        x = _uniform(kx, (k + m, 1), self.x_range)
-        y = _add_noise(ke, self.function(p, x), self.noise, self.noise)
-        return x[:k], y[:k], x[k:], y[k:]
+    def _points(self, key, p, n, num_points):
+        x, add_noise = _inputs_and_noise(key, self.noise, lambda k: _uniform(k, (n, num_points, 1), self.x_range))
+        return x, add_noise(jax.vmap(self.function)(p, x), self.noise)
 
 
 @dataclass(frozen=True)
@@ -264,11 +272,11 @@ class LinearGaussian(_Family):
         """The noiseless function of one task: ``(..., d) -> (..., 1)``."""
         return (x @ p["w"])[..., None]
 
-    def _points(self, key, p, k, m):
-        kx, ke = jax.random.split(key)
-        x = self.x_scale * jax.random.normal(kx, (k + m, self.dim))
-        y = _add_noise(ke, self.function(p, x), self.noise, self.noise)
-        return x[:k], y[:k], x[k:], y[k:]
+    def _points(self, key, p, n, num_points):
+        x, add_noise = _inputs_and_noise(
+            key, self.noise, lambda k: self.x_scale * jax.random.normal(k, (n, num_points, self.dim))
+        )
+        return x, add_noise(jax.vmap(self.function)(p, x), self.noise)
 
 
 @dataclass(frozen=True)
@@ -331,18 +339,16 @@ class GaussianBlobs(_Family):
         d2 = jnp.sum(jnp.square(x[..., None, :] - p["centres"]), axis=-1)
         return jax.nn.softmax(-0.5 * d2, axis=-1)
 
-    def _points(self, key, p, k, m):
-        n = self.num_classes
-        ks, kq = jax.random.split(key)
+    def _check_points(self, num_support, num_query):
+        for name, value in (("num_support", num_support), ("num_query", num_query)):
+            if value % self.num_classes:
+                raise ValueError(f"{name}={value}; expected a multiple of num_classes={self.num_classes}")
 
-        def draw(kk, per_class):
-            labels = jnp.tile(jnp.arange(n), per_class)
-            x = p["centres"][labels] + self.spread * jax.random.normal(kk, (n * per_class, self.dim))
-            return x, labels.astype(jnp.int32)
-
-        xs, ys = draw(ks, k // n)
-        xq, yq = draw(kq, m // n)
-        return xs, ys, xq, yq
+    def _points(self, key, p, n, num_points):
+        # Labels 0..N−1 repeated: support and query each hold every class equally often.
+        labels = jnp.tile(jnp.arange(self.num_classes, dtype=jnp.int32), num_points // self.num_classes)
+        noise = self.spread * jax.random.normal(key, (n, num_points, self.dim))
+        return p["centres"][:, labels] + noise, jnp.broadcast_to(labels, (n, num_points))
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,18 @@ def build_model(spec: ModelSpec):
     rule, lik = spec.rule, spec.likelihood
     ssp, tau = spec.step_size_prior, spec.explicit_tau
 
+    # Jitted once per model: NumPyro runs the model eagerly during initialisation (several times), and an
+    # eager lax loop inside the adaptation would otherwise be recompiled at every call. Under an outer
+    # jit/grad/vmap these are ordinary nested, differentiable calls.
+    @jax.jit
+    def adapted_outputs(theta, x_support, y_support, support_mask, x_query, alpha):
+        phi = jax.vmap(lambda x, y, m: rule(spec.unravel(theta), x, y, m, alpha))(x_support, y_support, support_mask)
+        return jax.vmap(rule.apply)(phi, x_query)
+
+    @jax.jit
+    def explicit_outputs(flat_phi, x):
+        return jax.vmap(rule.apply)(jax.vmap(spec.unravel)(flat_phi), x)
+
     def model(tasks, *, subsample_size=None):
         check_tasks(spec, tasks, subsample_size=subsample_size)
         theta = numpyro.sample("theta", dist.Normal(loc, scale).to_event(1))
@@ -146,13 +158,12 @@ def build_model(spec: ModelSpec):
         with numpyro.plate("tasks", tasks.num_tasks, subsample_size=subsample_size, dim=-2) as idx:
             batch = tasks if subsample_size is None else tasks.take(idx)
             if tau is None:
-                phi = jax.vmap(lambda x, y, m: rule(spec.unravel(theta), x, y, m, alpha))(*batch.support())
+                outputs = adapted_outputs(theta, *batch.support(), batch.x_query, alpha)
             else:
-                flat = numpyro.sample("phi", dist.Normal(theta, tau).to_event(1))  # (B, 1, P)
-                phi = jax.vmap(spec.unravel)(flat[:, 0, :])
-                _observe("y_support", spec, jax.vmap(rule.apply)(phi, batch.x_support), batch.y_support,
+                flat = numpyro.sample("phi", dist.Normal(theta, tau).to_event(1))[:, 0, :]  # (B, 1, P) -> (B, P)
+                _observe("y_support", spec, explicit_outputs(flat, batch.x_support), batch.y_support,
                          batch.support_mask, noise, "support_points")
-            outputs = jax.vmap(rule.apply)(phi, batch.x_query)
+                outputs = explicit_outputs(flat, batch.x_query)
             _observe("y", spec, outputs, batch.y_query, batch.query_mask, noise, "points")
 
     return model

@@ -154,7 +154,7 @@ def plot_predictive_band(posterior, tasks, path, *, x, key, truth=None, num_task
         t = _truth_values(truth, j, xs, tasks.num_tasks)
         if t is not None:
             ax.plot(xs, t, color="k", ls="--", lw=1.2, label="true function")
-        keep = np.ones(shown.x_support.shape[1], bool) if shown.support_mask is None else np.asarray(shown.support_mask[j])
+        keep = slice(None) if shown.support_mask is None else np.asarray(shown.support_mask[j])
         ax.scatter(np.asarray(shown.x_support[j, keep, 0]), np.asarray(shown.y_support[j, keep, 0]), color="red",
                    zorder=5, s=22, edgecolor="k", label="support points")
         ax.set_title(f"task {j}", fontsize=9)

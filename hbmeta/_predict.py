@@ -148,36 +148,51 @@ def _kernel(spec, *, regression, has_alpha, want_params):
         return hit[1]
     rule, apply = spec.rule, spec.rule.apply
 
-    def one(flat, alpha, sigma, key, xs, ys, ms, xq, mq):
+    def one(flat, alpha, sigma, eps, xs, ys, ms, xq, mq):
         phi = rule(spec.unravel(flat), xs, ys, ms, alpha if has_alpha else None)
         out = apply(phi, xq)
         if regression:
-            first = out
-            y = out + sigma * jax.random.normal(key, out.shape, out.dtype)
+            first, y = out, out + sigma * eps.astype(out.dtype)
             if mq is not None:
                 first = jnp.where(mq[:, None], first, jnp.nan)
                 y = jnp.where(mq[:, None], y, jnp.nan)
-        else:
+        else:  # Gumbel-max: argmax(logits + g) ~ Categorical(softmax(logits))
             first = jax.nn.softmax(out, axis=-1)
-            y = jax.random.categorical(key, out, axis=-1).astype(jnp.int32)
+            y = jnp.argmax(out + eps.astype(out.dtype), axis=-1).astype(jnp.int32)
             if mq is not None:
                 first = jnp.where(mq[:, None], first, jnp.nan)
                 y = jnp.where(mq, y, -1)
         flat_phi = ravel_pytree(phi)[0] if want_params else None
         return first, y, flat_phi
 
-    def chunk(key, draw_idx, task_idx, flat, alpha, sigma, xs, ys, ms, xq, mq):
-        def per_draw(i, f, a, s):
-            kd = jax.random.fold_in(key, i)
-            keys = jax.vmap(lambda j: jax.random.fold_in(kd, j))(task_idx)
-            return jax.vmap(one, in_axes=(None, None, None, 0, 0, 0, 0, 0, 0))(f, a, s, keys, xs, ys, ms, xq, mq)
+    def chunk(eps, flat, alpha, sigma, xs, ys, ms, xq, mq):
+        def per_draw(f, a, s, e):
+            return jax.vmap(one, in_axes=(None, None, None, 0, 0, 0, 0, 0, 0))(f, a, s, e, xs, ys, ms, xq, mq)
 
-        return jax.vmap(per_draw)(draw_idx, flat, alpha, sigma)
+        return jax.vmap(per_draw)(flat, alpha, sigma, eps)
 
     if len(_KERNELS) >= 32:
         _KERNELS.clear()
     _KERNELS[cache_key] = (spec.rule, jax.jit(chunk))
     return _KERNELS[cache_key][1]
+
+
+def _noise_impl(key, draw_idx, task_idx, shape, gumbel):
+    """Standard normal (or Gumbel) noise ``(D, B, *shape)``; draw s, task j use ``fold_in(fold_in(key, s), j)``."""
+
+    def one(i, j):
+        k = jax.random.fold_in(jax.random.fold_in(key, i), j)
+        return jax.random.gumbel(k, shape) if gumbel else jax.random.normal(k, shape)
+
+    return jax.vmap(lambda i: jax.vmap(lambda j: one(i, j))(task_idx))(draw_idx)
+
+
+# XLA's optimising backend takes seconds to compile the threefry hash and gains nothing on
+# a few thousand random numbers, so the noise is compiled separately without it.
+try:
+    _noise = jax.jit(_noise_impl, static_argnums=(3, 4), compiler_options={"xla_backend_optimization_level": 0})
+except TypeError:  # jax versions without compiler_options
+    _noise = jax.jit(_noise_impl, static_argnums=(3, 4))
 
 
 def _unravel_batch(spec, flat):
@@ -258,8 +273,10 @@ def sample_predictive(
     D, B = min(draw_chunk, N), min(task_chunk, T)
     n_pad, t_pad = -(-N // D) * D, -(-T // B) * B
     flat, alpha, sigma = (_pad(a, n_pad) for a in (flat, alpha, sigma))
-    data = [None if a is None else _pad(np.asarray(a), t_pad) for a in (*tasks.support(), tasks.x_query, tasks.query_mask)]
+    fields = (*tasks.support(), tasks.x_query, tasks.query_mask)
+    data = [None if a is None else _pad(np.asarray(a), t_pad) for a in fields]
     run = _kernel(spec, regression=regression, has_alpha=has_alpha, want_params=return_params)
+    out_shape = tuple(jax.eval_shape(spec.rule.apply, spec.params, tasks.x_query[0]).shape)
 
     first_out, y_out, phi_out = None, None, None
 
@@ -281,7 +298,8 @@ def sample_predictive(
     for i in range(0, n_pad, D):
         for j in range(0, t_pad, B):
             args = [None if a is None else a[j : j + B] for a in data]
-            res = run(key, jnp.arange(i, i + D), jnp.arange(j, j + B), flat[i : i + D], alpha[i : i + D], sigma[i : i + D], *args)
+            eps = _noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression)
+            res = run(eps, flat[i : i + D], alpha[i : i + D], sigma[i : i + D], *args)
             if pending is not None:
                 store(*pending)
             pending = (i, j, res)

@@ -146,15 +146,20 @@ def test_first_order_drops_exactly_the_second_order_term(x64, rng):
 def test_first_order_multi_step_is_query_gradient_at_adapted_params(x64, rng):
     net, theta, tasks = _small_mlp_tasks(rng)
     rule = GradientSteps(net.apply, step_size=0.3, num_steps=3, first_order=True)
-    g = jax.jit(jax.grad(lambda p: meta_loss(p, tasks, rule=rule)))(theta)
-    phis = jax.jit(rule.adapt_tasks)(theta, tasks)
-    per_task = jax.jit(jax.vmap(jax.grad(lambda p, x, y: hb.mse(net.apply(p, x), y))))(
-        phis, tasks.x_query, tasks.y_query)
-    expected = jax.tree.map(lambda a: np.asarray(a).mean(axis=0), per_task)
+    full_rule = GradientSteps(net.apply, step_size=0.3, num_steps=3)
+
+    @jax.jit
+    def grads(p):
+        first_order = jax.grad(lambda q: meta_loss(q, tasks, rule=rule))(p)
+        phis = rule.adapt_tasks(p, tasks)
+        per_task = jax.vmap(jax.grad(lambda q, x, y: hb.mse(net.apply(q, x), y)))(phis, tasks.x_query, tasks.y_query)
+        full = jax.grad(lambda q: meta_loss(q, tasks, rule=full_rule))(p)
+        return first_order, per_task, full
+
+    g, per_task, full = jax.tree.map(np.asarray, grads(theta))
+    expected = jax.tree.map(lambda a: a.mean(axis=0), per_task)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    full_rule = GradientSteps(net.apply, step_size=0.3, num_steps=3)
-    full = jax.jit(jax.grad(lambda p: meta_loss(p, tasks, rule=full_rule)))(theta)
     diff = np.asarray(ravel_pytree(full)[0]) - np.asarray(ravel_pytree(g)[0])
     assert np.linalg.norm(diff) > 1e-3
 
@@ -203,21 +208,21 @@ def test_padded_classification_matches_unpadded(rng):
     net = hb.mlp((2, 6, 3))
     theta = net.init(jax.random.key(2))
     rule = GradientSteps(net.apply, loss="cross_entropy", step_size=0.5, num_steps=2)
-    sizes = [2, 4]
-    xs = [rng.normal(size=(k, 2)) for k in sizes]
-    ys = [rng.integers(0, 3, size=k) for k in sizes]
-    Xs, ms = _pad(xs, 4, 40.0)
-    Ys, _ = _pad(ys, 4, 2)  # garbage labels that are still valid class indices
-    xq, yq = rng.normal(size=(2, 5, 2)), rng.integers(0, 3, size=(2, 5))
-    padded = make_tasks(Xs, Ys.astype(np.int32), xq, yq, support_mask=ms)
-    losses_and_grad = jax.jit(lambda p, t: (rule.query_losses(p, t), jax.grad(meta_loss)(p, t, rule=rule)))
-    losses, g = jax.tree.map(np.asarray, losses_and_grad(theta, padded))
-    single = [jax.tree.map(np.asarray, losses_and_grad(
-        theta, make_tasks(xs[j][None], ys[j][None], xq[j][None], yq[j][None]))) for j in range(2)]
-    np.testing.assert_allclose(losses, [v[0] for v, _ in single], rtol=1e-5)
-    gs = [grad for _, grad in single]
-    for a, b, c in zip(jax.tree.leaves(g), *[jax.tree.leaves(x) for x in gs]):
-        np.testing.assert_allclose(a, (b + c) / 2, rtol=1e-4, atol=1e-6)
+    xs, ys = rng.normal(size=(1, 3, 2)), rng.integers(0, 3, size=(1, 3))
+    xq, yq = rng.normal(size=(1, 5, 2)), rng.integers(0, 3, size=(1, 5))
+    Xs = np.concatenate([xs, np.full((1, 3, 2), 40.0)], axis=1)
+    Ys = np.concatenate([ys, np.full((1, 3), 2)], axis=1)  # garbage labels that are still valid classes
+    ms = np.arange(6)[None] < 3
+    Xq = np.concatenate([xq, np.full((1, 2, 2), -7.0)], axis=1)
+    Yq = np.concatenate([yq, np.zeros((1, 2), int)], axis=1)
+    mq = np.arange(7)[None] < 5
+    padded = make_tasks(Xs, Ys, Xq, Yq, support_mask=ms, query_mask=mq)
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, t: meta_loss(p, t, rule=rule)))
+    loss, g = jax.tree.map(np.asarray, loss_and_grad(theta, padded))
+    loss_1, g_1 = jax.tree.map(np.asarray, loss_and_grad(theta, make_tasks(xs, ys, xq, yq)))
+    np.testing.assert_allclose(loss, loss_1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- compile once

@@ -129,6 +129,8 @@ def test_point_count_overrides():
     assert (blobs.shots, blobs.query_shots) == (2, 3)
     with pytest.raises(ValueError, match="num_support=7; expected a multiple of num_classes=5"):
         GaussianBlobs(num_classes=5).with_points(num_support=7)
+    with pytest.raises(ValueError, match="num_query=12; expected a multiple of num_classes=5"):
+        GaussianBlobs(num_classes=5).sample(jax.random.key(0), 2, num_query=12)
 
 
 def test_fixed_set_samples_distinct_tasks_from_the_set():

@@ -1,6 +1,5 @@
 """Uncertainty metrics against closed forms and Monte Carlo error bounds (REFERENCE.md §4)."""
 
-import jax
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -163,7 +162,10 @@ def _posterior(noise):
 
 def test_predictive_metrics_regression_matches_direct_calls():
     post = _posterior(0.3)
-    tasks = hb.LinearGaussian(dim=2, noise=0.3).sample(jax.random.key(0), 20)
+    rng = np.random.default_rng(6)
+    xs, xq = rng.normal(size=(20, 5, 2)), rng.normal(size=(20, 7, 2))
+    yq = xq.sum(-1, keepdims=True) / 2 + 0.3 * rng.normal(size=(20, 7, 1))
+    tasks = hb.make_tasks(xs, xs.sum(-1, keepdims=True) / 2, xq, yq)
     pred = hb.sample_predictive(post, tasks, key=0)
     m = hb.predictive_metrics(post, tasks, key=0, predictive=pred)
     assert set(m) == {"mse", "nll", "calibration_error", "coverage_50", "coverage_90", "coverage_95"}
@@ -175,11 +177,15 @@ def test_predictive_metrics_regression_matches_direct_calls():
 
 def test_predictive_metrics_classification():
     net = hb.mlp((2, 4, 3))
-    theta = net.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    theta = [{"w": rng.normal(size=(2, 4)).astype(np.float32), "b": np.zeros(4, np.float32)},
+             {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": np.zeros(3, np.float32)}]
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss="cross_entropy", step_size=0.5), theta,
                         likelihood=hb.CategoricalLikelihood())
     post = hb.Posterior({"theta": np.asarray(spec.ravel(theta))[None, None]}, spec, "custom", {})
-    tasks = hb.GaussianBlobs(num_classes=3, shots=2, query_shots=3).sample(jax.random.key(1), 5)
+    rng = np.random.default_rng(7)
+    tasks = hb.make_tasks(rng.normal(size=(5, 6, 2)), rng.integers(0, 3, (5, 6)), rng.normal(size=(5, 9, 2)),
+                          rng.integers(0, 3, (5, 9)))
     m = hb.predictive_metrics(post, tasks, key=0)
     assert set(m) == {"accuracy", "nll", "brier", "ece"}
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["brier"] <= 2 and m["nll"] > 0

@@ -16,6 +16,13 @@ from hbmeta._predict import _KERNELS, _kernel
 RNG = np.random.default_rng(0)
 
 
+def mlp_params(sizes, seed=0):
+    """He-initialised MLP params built with numpy (no compiled random-number code in the tests' setup)."""
+    rng = np.random.default_rng(seed)
+    return [{"w": jnp.asarray(rng.normal(size=(a, b)) * np.sqrt(2 / a), jnp.float32), "b": jnp.zeros(b, jnp.float32)}
+            for a, b in zip(sizes[:-1], sizes[1:])]
+
+
 def numpy_tasks(num_tasks, k, m, d=1, seed=0):
     rng = np.random.default_rng(seed)
     xs, xq = rng.uniform(-2, 2, (num_tasks, k, d)), rng.uniform(-2, 2, (num_tasks, m, d))
@@ -26,10 +33,10 @@ def numpy_tasks(num_tasks, k, m, d=1, seed=0):
 @pytest.fixture(scope="module")
 def reg():
     net = hb.mlp((1, 8, 1))
-    theta = net.init(jax.random.key(0))
+    theta = mlp_params((1, 8, 1))
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=0.05), theta, likelihood=hb.NormalLikelihood())
-    flat = spec.ravel(theta) + 0.1 * jax.random.normal(jax.random.key(1), (2, 6, spec.num_params))
-    noise = 0.2 + np.asarray(jax.random.uniform(jax.random.key(2), (2, 6)))
+    flat = spec.ravel(theta) + 0.1 * np.random.default_rng(1).normal(size=(2, 6, spec.num_params)).astype(np.float32)
+    noise = 0.2 + RNG.random((2, 6))
     post = hb.Posterior({"theta": np.asarray(flat), "noise": noise}, spec, "custom", {})
     tasks = numpy_tasks(5, 4, 6)
     whole = hb.sample_predictive(post, tasks, key=jax.random.key(4), draw_chunk=100, task_chunk=100,
@@ -123,10 +130,10 @@ def test_masks(reg):
 
 def test_classification_probabilities_and_labels():
     net = hb.mlp((2, 8, 3))
-    theta = net.init(jax.random.key(0))
+    theta = mlp_params((2, 8, 3))
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss="cross_entropy", step_size=0.5), theta,
                         likelihood=hb.CategoricalLikelihood())
-    flat = spec.ravel(theta) + 0.5 * jax.random.normal(jax.random.key(1), (2, 100, spec.num_params))
+    flat = spec.ravel(theta) + 0.5 * np.random.default_rng(1).normal(size=(2, 100, spec.num_params)).astype(np.float32)
     post = hb.Posterior({"theta": np.asarray(flat)}, spec, "custom", {})
     rng = np.random.default_rng(2)
     mask = np.ones((3, 6), bool)

@@ -1,0 +1,349 @@
+"""The command line end to end: every ready-made model at toy size, predict, diagnose, errors, interruption.
+
+The model runs are real ``hbmeta`` processes started together when the module begins (toy runs are
+compile-bound and single-threaded, so they overlap well on two cores); the other tests run in this
+process through ``main([...])`` meanwhile and wait only for the run they read.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import hbmeta as hb
+from hbmeta._cli import main
+from hbmeta._config import load_config, model_names
+
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "hbmeta")
+HBMETA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "hbmeta._cli"]
+TIMEOUT = 300
+
+
+class _Job:
+    """A shell command started now; ``result()`` waits and returns (returncode, stdout, stderr)."""
+
+    def __init__(self, argv_list, cwd, kill_at=None):
+        script = " && ".join(subprocess.list2cmdline(a) for a in argv_list)
+        env = dict(os.environ, CI="1")
+        env.pop("XLA_FLAGS", None)
+        self.proc = subprocess.Popen(["/bin/sh", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.stderr_lines, self.killed_at = [], None
+        self._out = []
+        self._readers = [threading.Thread(target=self._read_err, args=(kill_at,), daemon=True),
+                         threading.Thread(target=lambda: self._out.append(self.proc.stdout.read()), daemon=True)]
+        for t in self._readers:
+            t.start()
+
+    def _read_err(self, kill_at):
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+            if kill_at and kill_at in line and self.killed_at is None:
+                self.killed_at = time.time()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # a hard kill: no Python clean-up runs
+
+    def result(self):
+        try:
+            rc = self.proc.wait(timeout=TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        for t in self._readers:
+            t.join(timeout=10)
+        self._close()
+        return rc, "".join(self._out), "".join(self.stderr_lines)
+
+    def _close(self):
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if not stream.closed:
+                stream.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for t in self._readers:
+            t.join(timeout=10)
+        self._close()
+
+
+def _tasks_file(path):
+    """Linear-regression tasks (3 inputs) as the .npz that `hbmeta fit --tasks` reads."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 3, 1))
+    xs, xq = rng.normal(size=(12, 5, 3)), rng.normal(size=(12, 10, 3))
+    np.savez(path, x_support=xs, y_support=xs @ w, x_query=xq, y_query=xq @ w)
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    (base / "default").mkdir()
+    _tasks_file(base / "tasks.npz")
+    q = ["--toy", "-q"]
+    started = {
+        # `hbmeta run` with no model: the built-in sinusoid, written under ./runs/
+        "sinusoid": _Job([HBMETA + ["run", *q]], base / "default"),
+        "blobs": _Job([HBMETA + ["run", "blobs", *q, "--out", "blobs"]], base),
+        "sinusoid_line": _Job([HBMETA + ["run", "sinusoid_line", *q, "--out", "sinusoid_line"]], base),
+        # linear, then the same run again from its config.toml, then a fit on our own tasks
+        "linear": _Job([HBMETA + ["run", "linear", *q, "--out", "linear"],
+                        HBMETA + ["run", "linear/config.toml", "-q", "--out", "linear_again"],
+                        HBMETA + ["fit", "linear", *q, "--method", "maml", "--tasks", "tasks.npz", "--out", "fit"]],
+                       base),
+        # killed by SIGKILL as soon as it starts fitting the posterior
+        "killed": _Job([HBMETA + ["run", "linear", "--toy", "--out", "killed"]], base,
+                       kill_at="fitting the posterior"),
+    }
+    yield base, started
+    for job in started.values():
+        job.stop()
+
+
+def _finished(jobs, name):
+    base, started = jobs
+    rc, out, err = started[name].result()
+    assert rc == 0, f"{name} failed with {rc}:\n{out}\n{err}"
+    assert "Traceback" not in err and "Warning" not in err, err
+    return base, out, err
+
+
+def _run_dir(base, name):
+    if name == "sinusoid":
+        (found,) = (base / "default" / "runs").iterdir()
+        assert found.name.startswith("sinusoid-")
+        return found
+    return base / name
+
+
+RUN_FILES = {"config.toml", "meta_params.npz", "posterior.npz", "posterior.nc", "heldout.nc", "metrics.json",
+             "summary.txt", "maml_losses.npz", "run.json", "trace.png", "rank.png"}
+
+
+@pytest.mark.parametrize("name", ["sinusoid", "sinusoid_line", "linear", "blobs"])
+def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
+    assert set(model_names()) == {"sinusoid", "sinusoid_line", "linear", "blobs"}
+    base, out, err = _finished(jobs, name)
+    run = _run_dir(base, name)
+    files = set(os.listdir(run))
+    expected = RUN_FILES | ({"calibration.png"} if name != "blobs" else {"reliability.png"})
+    if name in ("sinusoid", "sinusoid_line"):
+        expected |= {"predictive.png", "predictive_maml.png"}
+    assert expected <= files, expected - files
+    marker = json.loads((run / "run.json").read_text())
+    assert marker["complete"] and set(marker["files"]) == files and marker["method"] == "nuts"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["held_out"]) == {"nuts", "maml"} and metrics["toy"] is True
+    for scores in metrics["held_out"].values():
+        if name == "blobs":
+            assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["ece"] <= 1 and 0 <= scores["brier"] <= 2
+        else:
+            assert scores["mse"] > 0 and np.isfinite(scores["nll"]) and 0 <= scores["coverage_90"] <= 1
+    for png in (f for f in files if f.endswith(".png")):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the final table and the file list are printed; the written config is the resolved one
+    assert "held-out metric" in out and "files in" in out and "config.toml" in out
+    cfg = load_config(str(run / "config.toml"))
+    assert cfg == load_config(name, ["run.progress=false"], toy=True)
+    idata = hb.load_netcdf(run / "posterior.nc")
+    assert dict(idata.log_likelihood["y"].sizes) == {"chain": 2, "draw": 10, "task": 8}
+    held = hb.load_netcdf(run / "heldout.nc")
+    assert held.observed_data["y"].shape[0] == 8  # the held-out tasks are in it too
+
+
+def test_no_argument_runs_the_sinusoid_model(jobs):
+    base, out, _ = _finished(jobs, "sinusoid")
+    assert out.startswith("hbmeta: sinusoid with nuts: 1761 parameters, 8 training tasks (toy size)")
+
+
+def test_linear_reports_the_distance_to_the_exact_posterior_and_reruns_identically(jobs):
+    base, out, _ = _finished(jobs, "linear")
+    assert "fitted vs exact posterior over θ: max |mean diff|/sd =" in out
+    metrics = json.loads((base / "linear" / "metrics.json").read_text())
+    exact = metrics["exact_posterior"]
+    assert exact["num_draws"] == 20 and 0 < exact["sd_ratio_min"] <= exact["sd_ratio_max"]
+    # recompute the exact posterior from the run's own training tasks and compare
+    loaded = hb.load_run(base / "linear")
+    cfg = loaded.config.effective()
+    from hbmeta import _build
+
+    train = _build.draw_tasks(_build.train_family(cfg), _build.keys(cfg.run.seed)["train"], cfg.tasks.num_train)[0]
+    ref = hb.linear_gaussian_posterior(train, step_size=0.1, num_steps=2, noise=0.5)
+    np.testing.assert_allclose(exact["exact_mean"], ref.mean, rtol=1e-5, atol=1e-6)
+    draws = loaded.posterior.flat("theta")
+    assert exact["max_mean_diff_sd"] == pytest.approx(np.max(np.abs(draws.mean(0) - ref.mean) / ref.sd), rel=1e-3)
+    # `hbmeta run RUN/config.toml` reproduces the run exactly
+    again = json.loads((base / "linear_again" / "metrics.json").read_text())
+    assert again["held_out"] == metrics["held_out"] and again["exact_posterior"] == exact
+    with np.load(base / "linear" / "posterior.npz") as a, np.load(base / "linear_again" / "posterior.npz") as b:
+        np.testing.assert_array_equal(a["theta"], b["theta"])
+
+
+def test_fit_on_your_own_tasks_then_predict(jobs, capsys):
+    base, out, _ = _finished(jobs, "linear")
+    fit = base / "fit"
+    assert "held_out" not in json.loads((fit / "metrics.json").read_text())
+    assert not (fit / "heldout.nc").exists() and (fit / "posterior.nc").exists()
+    assert json.loads((fit / "run.json").read_text())["method"] == "maml"
+    (base / "support3.csv").write_text("1.0,0.0,0.0,2.0\n0.0,1.0,0.0,-1.0\n0.0,0.0,1.0,0.5\n")
+    assert main(["predict", str(fit), "--support", str(base / "support3.csv")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "x0,x1,x2,mean,sd,lo_50,hi_50,lo_90,hi_90" and len(lines) == 4  # predicted at the support inputs
+
+
+def test_predict_on_a_csv_support_set_matches_the_adapted_draws(jobs, tmp_path, capsys):
+    base, _, _ = _finished(jobs, "sinusoid")
+    run = _run_dir(base, "sinusoid")
+    support = tmp_path / "mine.csv"
+    support.write_text("x,y\n-3.0,0.8\n-1.2,-1.9\n0.5,-2.4\n2.2,0.3\n4.0,2.1\n")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), "--support", str(support), "--out", str(out), "--plot",
+                 str(tmp_path / "band.png")]) == 0
+    assert "wrote 101 predictions" in capsys.readouterr().err
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 101 and list(rows[0]) == ["x", "mean", "sd", "lo_50", "hi_50", "lo_90", "hi_90"]
+    table = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+    assert np.all(table["lo_90"] < table["lo_50"]) and np.all(table["lo_50"] < table["hi_50"])
+    assert np.all(table["hi_50"] < table["hi_90"]) and np.all(table["sd"] > 0)
+    # the mean is the average over posterior draws of the model adapted to the support set
+    loaded = hb.load_run(run)
+    xs = np.array([[-3.0], [-1.2], [0.5], [2.2], [4.0]], np.float32)
+    ys = np.array([[0.8], [-1.9], [-2.4], [0.3], [2.1]], np.float32)
+    rule = loaded.spec.rule
+    thetas = loaded.posterior.theta()
+    flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), thetas)
+    xq = table["x"].astype(np.float32)[:, None]
+    preds = jax.vmap(lambda p: rule.apply(rule(p, xs, ys), xq))(flat)
+    np.testing.assert_allclose(table["mean"], np.asarray(preds).mean(axis=0)[:, 0], rtol=1e-4, atol=1e-4)
+    assert (tmp_path / "band.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_classification_with_npz_support_and_csv_query(jobs, tmp_path, capsys):
+    base, _, _ = _finished(jobs, "blobs")
+    np.savez(tmp_path / "s.npz", x=np.array([[0.0, 0.0], [0.1, 0.2], [3.0, 3.0], [3.1, 2.9], [-3.0, 3.0], [-2.9, 3.1]]),
+             y=np.array([0, 0, 1, 1, 2, 2]))
+    (tmp_path / "q.csv").write_text("x0,x1\n0.05,0.1\n3.0,3.05\n")
+    assert main(["predict", str(base / "blobs"), "--support", str(tmp_path / "s.npz"),
+                 "--query", str(tmp_path / "q.csv")]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [list(r) for r in rows][0] == ["x0", "x1", "label", "p_0", "p_1", "p_2"] and len(rows) == 2
+    for r in rows:
+        p = np.array([float(r[f"p_{c}"]) for c in range(3)])
+        assert abs(p.sum() - 1) < 1e-5 and int(r["label"]) == int(np.argmax(p))
+
+
+def test_diagnose_prints_the_summary_and_writes_pictures(jobs, tmp_path, capsys):
+    base, _, _ = _finished(jobs, "sinusoid_line")
+    assert main(["diagnose", str(base / "sinusoid_line"), "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hbmeta diagnosis: method nuts, 2 chain(s) x 10 draw(s).") and "r_hat" in out
+    assert sorted(os.listdir(tmp_path / "d")) == ["rank.png", "trace.png"]
+
+
+def test_a_killed_run_leaves_no_complete_looking_output(jobs, tmp_path, capsys):
+    base, started = jobs
+    rc, _, err = started["killed"].result()
+    assert rc == -signal.SIGKILL or rc == 128 + signal.SIGKILL, (rc, err)
+    assert "fitting the posterior" in err and "hbmeta: linear with nuts" not in err
+    assert not (base / "killed").exists()
+    partial = [p for p in base.iterdir() if p.name.startswith(".killed.partial-")]
+    assert len(partial) == 1 and not (partial[0] / "run.json").exists()
+    support = tmp_path / "s.csv"
+    support.write_text("0,0,0,1\n")
+    for argv in (["predict", str(partial[0]), "--support", str(support)], ["diagnose", str(base / "killed")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hbmeta: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("error, status, message", [
+    (RuntimeError("the trainer broke"), 2,
+     "hbmeta: error: RuntimeError: the trainer broke (run with --debug for the traceback)\n"),
+    (KeyboardInterrupt(), 130, "hbmeta: interrupted\n"),
+])
+def test_an_exception_or_ctrl_c_removes_the_partial_run(tmp_path, monkeypatch, capsys, error, status, message):
+    import hbmeta._maml
+
+    def boom(*args, **kwargs):
+        assert any(p.name.startswith(".r.partial-") for p in tmp_path.iterdir())  # it was being written
+        raise error
+
+    monkeypatch.setattr(hbmeta._maml, "train_maml", boom)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "linear", "--toy", "-q", "--out", "r"]) == status
+    assert capsys.readouterr().err == message
+    assert os.listdir(tmp_path) == []  # neither the run directory nor a partial one
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run", "nosuch"], "unknown model 'nosuch'; expected one of blobs, linear, sinusoid, sinusoid_line"),
+        (["run", "bad.toml"], "bad.toml: malformed TOML: "),
+        (["run", "sinusoid", "--set", "inference.nuts.num_samples=abc"],
+         "override inference.nuts.num_samples=abc: inference.nuts.num_samples = 'abc'; expected an integer >= 1"),
+        (["run", "sinusoid", "maml.iterations=5"], "unknown key maml.iterations; allowed keys in [maml]"),
+        (["run", "linear", "--method", "mcmc"], "argument --method: invalid choice: 'mcmc'"),
+        (["run", "linear", "--out", "full"], "--out 'full' already exists and is not an empty directory"),
+        (["run", "linear", "sinusoid"], "two models given ('linear' and 'sinusoid')"),
+        (["fit", "linear", "--tasks", "wrong.npz"], "tasks file wrong.npz: x_support has 1 input features; expected 3"),
+        (["predict", "no/such/run", "--support", "s.csv"], "run directory 'no/such/run' does not exist"),
+        (["diagnose", "full"], "'full' has no run.json: not a complete hbmeta run"),
+        (["predict"], "the following arguments are required: RUN, --support"),
+        (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+    ],
+)
+def test_errors_are_one_line_with_exit_status_2(tmp_path, monkeypatch, capsys, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.toml").write_text("[model\nname = 1\n")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    np.savez(tmp_path / "wrong.npz", x_support=np.zeros((2, 3, 1)), y_support=np.zeros((2, 3, 1)),
+             x_query=np.zeros((2, 4, 1)), y_query=np.zeros((2, 4, 1)))
+    before = sorted(os.listdir(tmp_path))
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("hbmeta: error: ") and captured.err.count("\n") == 1, captured.err
+    assert fragment in captured.err, captured.err
+    assert captured.out == "" and sorted(os.listdir(tmp_path)) == before  # nothing was done
+
+
+def test_support_file_with_the_wrong_number_of_columns(jobs, tmp_path, capsys):
+    base, _, _ = _finished(jobs, "linear")
+    for text, seen in (("1.0,2.0\n", 2), ("1,2,3,4,5\n", 5)):
+        (tmp_path / "s.csv").write_text(text)
+        assert main(["predict", str(base / "linear"), "--support", str(tmp_path / "s.csv")]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"hbmeta: error: support file {tmp_path / 's.csv'} has {seen} columns; expected 4: "
+                       "3 input columns then 1 target column\n")
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["run", "nosuch", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.endswith("hbmeta: error: unknown model 'nosuch'; "
+                                                                      "expected one of blobs, linear, sinusoid, "
+                                                                      "sinusoid_line or a path to a .toml file\n")
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["fit"], ["predict"], ["diagnose"], ["models"]])
+def test_help_on_every_command_has_examples(capsys, command):
+    assert main(command + ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hbmeta") and ("examples:" in out or command == [])
+
+
+def test_models_lists_the_ready_made_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["blobs", "linear", "sinusoid", "sinusoid_line"]
+    assert all(len(line.split(maxsplit=1)) == 2 for line in out)
