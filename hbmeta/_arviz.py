@@ -222,8 +222,13 @@ def load_netcdf(path):
     if not os.path.isfile(path):
         raise ValueError(f"path={path!r} does not exist; expected a NetCDF file written by save_netcdf")
     az = _az()
-    if _v1(az):
-        data = az.from_netcdf(path)
+    if _v1(az):  # a DataTree; read fully so that the file is closed
+        if hasattr(az, "from_netcdf"):
+            data = az.from_netcdf(path)
+        else:
+            import xarray
+
+            data = xarray.open_datatree(path)
         return data.load() if hasattr(data, "load") else data
     with az.rc_context({"data.load": "eager"}):
         return az.from_netcdf(path)

@@ -12,6 +12,8 @@ import os
 import sys
 import traceback
 
+from hbmeta._config_sections import METHODS
+
 _RUN_EXAMPLES = """examples:
   hbmeta run                                   the built-in sinusoid model (about 2 minutes on a laptop CPU)
   hbmeta run linear                            closed-form reference: prints the distance to the exact posterior
@@ -70,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("args", nargs="*", metavar="MODEL-or-PATH [key=value ...]",
                        help="a ready-made model (`hbmeta models`), a .toml file or a run directory "
                             "(default: sinusoid), then overrides section.key=value")
-        s.add_argument("--method", choices=("nuts", "hmc", "svi", "laplace", "svgd", "maml"),
+        s.add_argument("--method", choices=METHODS,
                        help="inference method (overrides inference.method)")
         s.add_argument("--out", metavar="DIR", help="run directory (new or empty; default runs/<model>-<time>)")
         s.add_argument("--seed", type=int, metavar="N", help="PRNG seed (overrides run.seed)")

@@ -101,12 +101,14 @@ def default_optimizer():
     return optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=20))
 
 
-def laplace_cov_factor(hessian, *, rtol=None):
+def laplace_cov_factor(hessian, *, rtol=None, grad_norm=None):
     """``L`` with ``L Lᵀ = H⁻¹`` from the eigendecomposition of symmetric ``H``.
 
     Raises :class:`numpy.linalg.LinAlgError` (a ``ValueError``) when ``H`` has
     non-finite entries or an eigenvalue ``≤ rtol · max|λ|`` (singular or not
-    positive definite), naming the smallest eigenvalue.
+    positive definite, up to the rounding of ``H``'s dtype: default
+    ``rtol = 10 · eps``), naming the smallest eigenvalue, how many are below
+    the threshold and, when given, the gradient norm at the point.
     """
     h = np.asarray(hessian, dtype=np.float64)
     if not np.all(np.isfinite(h)):
@@ -116,15 +118,17 @@ def laplace_cov_factor(hessian, *, rtol=None):
         )
     h = 0.5 * (h + h.T)
     eig, vec = np.linalg.eigh(h)
-    rtol = (h.shape[0] * np.finfo(np.asarray(hessian).dtype).eps) if rtol is None else rtol
-    scale = max(float(np.max(np.abs(eig))), np.finfo(np.float64).tiny)
-    if eig[0] <= rtol * scale:
-        kind = "singular" if abs(eig[0]) <= rtol * scale else "not positive definite"
+    rtol = 10 * np.finfo(np.asarray(hessian).dtype).eps if rtol is None else rtol
+    threshold = rtol * max(float(np.max(np.abs(eig))), np.finfo(np.float64).tiny)
+    if eig[0] <= threshold:
+        kind = "singular" if abs(eig[0]) <= threshold else "not positive definite"
+        grad = "" if grad_norm is None else f" The gradient norm there is {grad_norm:.3g}."
         raise np.linalg.LinAlgError(
             f"the Hessian of the negative log posterior at the MAP is {kind}: smallest eigenvalue "
-            f"{eig[0]:.3g} (largest {eig[-1]:.3g}); expected all eigenvalues > {rtol * scale:.3g}. "
-            "The MAP may be a saddle point or unconverged (more num_steps), or the posterior flat in "
-            "some direction (e.g. a symmetric network): use SVI or NUTS instead"
+            f"{eig[0]:.3g} (largest {eig[-1]:.3g}; {int(np.sum(eig <= threshold))} of {len(eig)} eigenvalues "
+            f"≤ {threshold:.3g}); expected all eigenvalues > {threshold:.3g}.{grad} The MAP search may have "
+            "stopped at a saddle point or before converging (raise num_steps, or start it elsewhere with "
+            "init=), or the posterior is flat in some direction: use SVI or NUTS instead"
         )
     return vec / np.sqrt(eig), eig
 
@@ -158,7 +162,8 @@ def run_laplace(
         :class:`~hbmeta.Posterior` with ``samples["theta"]`` of shape
         ``(1, num_draws, P)``; ``info["map"]`` (the MAP θ, flat),
         ``info["map_sites"]`` (every site at the MAP), ``info["losses"]``
-        (the potential per step) and ``info["hessian_eigenvalues"]``.
+        (the potential per step), ``info["hessian_eigenvalues"]`` and
+        ``info["grad_norm"]`` (the potential's gradient norm at the MAP).
 
     Raises:
         numpy.linalg.LinAlgError: a ``ValueError`` subclass, when the Hessian
@@ -194,7 +199,8 @@ def run_laplace(
 
     opt = default_optimizer() if optimizer is None else optimizer
     u_map, losses = minimize(fun, u0, optimizer=opt, num_steps=num_steps, progress=progress)
-    factor, eig = laplace_cov_factor(hessian(fun, u_map))
+    grad_norm = float(jnp.linalg.norm(jax.jit(jax.grad(fun))(u_map)))
+    factor, eig = laplace_cov_factor(hessian(fun, u_map), grad_norm=grad_norm)
     z = jax.random.normal(k_draw, (num_draws, u0.shape[0]), dtype=u0.dtype)
     u_draws = u_map + z @ jnp.asarray(factor.T, dtype=u0.dtype)
     transforms = latent_transforms(model, tasks)
@@ -218,6 +224,7 @@ def run_laplace(
         "map_sites": {k: np.asarray(v) for k, v in map_sites.items()},
         "losses": losses,
         "hessian_eigenvalues": eig,
+        "grad_norm": grad_norm,
         "wall_time": wall,
     }
     return make_posterior(spec, draws, method="laplace", settings=settings, info=info)

@@ -130,6 +130,7 @@ def run_svi(
     model = build_model(spec)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
     auto = make_guide(model, guide, init_loc_fn=strategy, rank=rank, init_scale=float(init_scale))
+    optimizer_name = "adam(1e-2)" if optimizer is None else type(optimizer).__name__
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
     svi = SVI(model, auto, optimizer, loss=Trace_ELBO(num_particles=num_particles))
     k_fit, k_draw = jax.random.split(key)
@@ -145,7 +146,7 @@ def run_svi(
     settings = json_settings(
         guide=guide,
         rank=rank,
-        optimizer=None if optimizer is None else optimizer,
+        optimizer=optimizer_name,
         num_steps=num_steps,
         num_draws=n,
         subsample_size=subsample_size,

@@ -35,8 +35,12 @@ from hbmeta._spec import ModelSpec
 from hbmeta._tasks import TaskBatch
 
 
-def _is_concrete(a) -> bool:
-    return not isinstance(a, jax.core.Tracer)
+def _concrete(a):
+    """``a`` as a numpy array, or None when it is traced (under jit, grad or vmap)."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None) -> None:
@@ -82,8 +86,8 @@ def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None) -> None:
                 f"the network maps one task's x_{side} {x.shape[1:]} to shape {out.shape}; "
                 f"expected {expected}, {what}_{side} {y.shape[1:]}"
             )
-        if not regression and _is_concrete(y):
-            labels = np.asarray(y)
+        labels = None if regression else _concrete(y)
+        if labels is not None:
             if labels.size and (labels.min() < 0 or labels.max() >= out.shape[-1]):
                 raise ValueError(
                     f"y_{side} has labels in [{labels.min()}, {labels.max()}]; expected labels in "

@@ -28,7 +28,7 @@ def _figure(rows, cols, *, width=3.4, height=2.6, **kwargs):
 
 def _save(fig, path) -> str:
     path = os.fspath(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     return path
 
 
@@ -68,6 +68,8 @@ def plot_trace(source, path, *, tasks=None, reference=None, key=None, max_quanti
         axes[row, 0].set_yticks([])
     axes[0, 1].set_title("trace")
     axes[0, 0].set_title("density per chain")
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 8), fontsize=8, frameon=False)
     axes[-1, 1].set_xlabel("draw")
     return _save(fig, path)
 
@@ -204,7 +206,7 @@ def plot_calibration(predictive, tasks, path, *, levels=None, title=None) -> str
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(title or "calibration curve")
+    ax.set_title(title or "calibration curve", fontsize=10)
     return _save(fig, path)
 
 
@@ -222,7 +224,7 @@ def plot_reliability(predictive, tasks, path, *, num_bins: int = 15, title=None)
     edges = np.linspace(0, 1, num_bins + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, 1 / num_bins
     ece = float(np.nansum(np.abs(acc - conf) * count) / count.sum())
-    fig, axes = _figure(2, 1, width=4.2, height=2.3, sharex=True, height_ratios=[3, 1])
+    fig, axes = _figure(2, 1, width=4.6, height=2.3, sharex=True, height_ratios=[3, 1])
     ax = axes[0, 0]
     ax.bar(centres, np.nan_to_num(acc), width=width * 0.95, color=_BAND, alpha=0.8, label="accuracy")
     ax.bar(centres, np.nan_to_num(np.abs(conf - acc)), bottom=np.nan_to_num(np.minimum(acc, conf)),
@@ -231,7 +233,7 @@ def plot_reliability(predictive, tasks, path, *, num_bins: int = 15, title=None)
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(title or f"reliability diagram (ECE {ece:.3f})")
+    ax.set_title(title or f"reliability diagram (ECE {ece:.3f})", fontsize=10)
     axes[1, 0].bar(centres, count, width=width * 0.95, color="grey")
     axes[1, 0].set_xlabel("confidence (max class probability)")
     axes[1, 0].set_ylabel("points")

@@ -138,7 +138,9 @@ def final_table(metrics: dict, path: str, files) -> str:
         if extra:
             lines.append("  " + extra)
     total = sum(metrics.get("timings_s", {}).values())
-    lines.append(f"  time {total:.0f} s; files in {os.path.relpath(path) if not path.startswith('..') else path}/:")
+    shown = os.path.relpath(path)
+    shown = path if shown.startswith("..") else shown
+    lines.append(f"  time {total:.0f} s; files in {shown}/:")
     lines.append("    " + " ".join(sorted(files)))
     return "\n".join(lines)
 

@@ -84,9 +84,6 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         >>> sorted(res.metrics["held_out"])
         ['maml', 'nuts']
     """
-    import jax
-    import optax
-
     from hbmeta._infer import infer, maml_posterior
     from hbmeta._maml import train_maml
 

@@ -196,7 +196,10 @@ class ModelSpec:
         if _is_scalar(value):
             return jnp.full((self.num_params,), jnp.asarray(value, dtype=dtype))
         leaves = jax.tree.leaves(self.params)
-        parts = [jnp.broadcast_to(jnp.asarray(v, dtype), jnp.shape(p)).ravel() for v, p in zip(jax.tree.leaves(value), leaves)]
+        parts = [
+            jnp.broadcast_to(jnp.asarray(v, dtype), jnp.shape(p)).ravel()
+            for v, p in zip(jax.tree.leaves(value), leaves)
+        ]
         return jnp.concatenate(parts)
 
     def prior_loc_scale(self):

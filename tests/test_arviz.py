@@ -181,8 +181,8 @@ def test_diagnose_warns_in_plain_words(mlp_spec):
 
 def test_diagnose_non_mcmc_and_errors(mlp_spec):
     spec, theta = mlp_spec
-    post = iid_posterior(spec, theta, chains=1, draws=20, method="svi")
-    d = hb.diagnose(post, reference=REFERENCE, key=0)  # 20 draws: ESS < 400, but SVI draws are not a chain
+    post = iid_posterior(spec, theta, chains=1, draws=64, method="svi")
+    d = hb.diagnose(post, reference=REFERENCE, key=0)  # 64 draws: ESS < 400, but SVI draws are not a chain
     assert d.warnings == [] and "Convergence checks apply to MCMC" in d.text
     bare = post._replace(samples={"theta": post.samples["theta"]})
     with pytest.raises(ValueError, match="nothing to diagnose"):
@@ -190,4 +190,5 @@ def test_diagnose_non_mcmc_and_errors(mlp_spec):
     with pytest.raises(ValueError, match="expected hbmeta.Posterior"):
         hb.to_arviz(post.samples, REFERENCE)
     with pytest.raises(ValueError, match="predictive has y of shape"):
-        hb.to_arviz(post, REFERENCE, predictive=hb.sample_predictive(post, REFERENCE.take(np.arange(1)), key=0))
+        wrong = hb.Predictive(np.zeros((1, 64, 1, 3, 1)), None, np.zeros((1, 64, 1, 3, 1)), np.ones((1, 64)), None, None)
+        hb.to_arviz(post, REFERENCE, predictive=wrong)

@@ -1,8 +1,11 @@
 """The command line end to end: every ready-made model at toy size, predict, diagnose, errors, interruption.
 
-The model runs are real ``hbmeta`` processes started together when the module begins (toy runs are
-compile-bound and single-threaded, so they overlap well on two cores); the other tests run in this
-process through ``main([...])`` meanwhile and wait only for the run they read.
+The model runs start together when the module begins, in a few processes (toy runs are compile-bound
+and single-threaded, so they overlap well on two cores): `hbmeta run` with no argument as a real
+console-script process, a run killed with SIGKILL while it fits, and the other models through
+``main([...])`` in sequence inside two Python processes (one import, shared compilation caches; the
+second run of a configuration is then compiled from JAX's on-disk cache). The other tests run in this
+process meanwhile and wait only for the runs they read.
 """
 
 import csv
@@ -12,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import jax
 import numpy as np
@@ -25,54 +27,103 @@ from hbmeta._config import load_config, model_names
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "hbmeta")
 HBMETA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "hbmeta._cli"]
 TIMEOUT = 300
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+# Runs `main(argv)` for each (name, argv) in turn and prints one JSON line per command.
+_SEQUENCE = r"""
+import contextlib, io, json, sys
+from hbmeta._cli import main
+for name, argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    print(json.dumps({"name": name, "rc": rc, "out": out.getvalue(), "err": err.getvalue()}), flush=True)
+"""
 
 
-class _Job:
-    """A shell command started now; ``result()`` waits and returns (returncode, stdout, stderr)."""
+class _Process:
+    """A process started now, its output read by threads; with ``kill_at``, SIGKILLed when stderr shows it."""
 
-    def __init__(self, argv_list, cwd, kill_at=None):
-        script = " && ".join(subprocess.list2cmdline(a) for a in argv_list)
-        env = dict(os.environ, CI="1")
-        env.pop("XLA_FLAGS", None)
-        self.proc = subprocess.Popen(["/bin/sh", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.stderr_lines, self.killed_at = [], None
-        self._out = []
-        self._readers = [threading.Thread(target=self._read_err, args=(kill_at,), daemon=True),
-                         threading.Thread(target=lambda: self._out.append(self.proc.stdout.read()), daemon=True)]
-        for t in self._readers:
+    def __init__(self, argv, cwd, env, kill_at=None):
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        self.out, self.err = [], []
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out, None), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err, kill_at), daemon=True)]
+        for t in self._threads:
             t.start()
 
-    def _read_err(self, kill_at):
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-            if kill_at and kill_at in line and self.killed_at is None:
-                self.killed_at = time.time()
+    def _read(self, stream, lines, kill_at):
+        for line in stream:
+            lines.append(line)
+            if kill_at and kill_at in line:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # a hard kill: no Python clean-up runs
+                kill_at = None
 
-    def result(self):
+    def wait(self):
         try:
             rc = self.proc.wait(timeout=TIMEOUT)
         finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        for t in self._readers:
-            t.join(timeout=10)
-        self._close()
-        return rc, "".join(self._out), "".join(self.stderr_lines)
-
-    def _close(self):
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if not stream.closed:
-                stream.close()
+            self.stop()
+        return rc, "".join(self.out), "".join(self.err)
 
     def stop(self):
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        for t in self._readers:
+        for t in self._threads:
             t.join(timeout=10)
-        self._close()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+
+class _Jobs:
+    """The runs of this module; ``result(name)`` waits for a run and returns (status, stdout, stderr)."""
+
+    def __init__(self, base):
+        self.base = base
+        env = dict(os.environ, CI="1", JAX_COMPILATION_CACHE_DIR=str(base / "jax-cache"),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        env.pop("XLA_FLAGS", None)  # `--toy` asks for quick compilation itself
+        fast = dict(env, XLA_FLAGS=FAST_XLA)  # and so does this, for the runs inside one Python process
+        q = ["--toy", "-q"]
+        self.single = {
+            # `hbmeta run` with no model: the built-in sinusoid, written under ./runs/
+            "sinusoid": _Process(HBMETA + ["run", *q], base / "default", env),
+            # killed by SIGKILL as soon as it starts fitting the posterior
+            "killed": _Process(HBMETA + ["run", "linear", "--toy", "--out", "killed"], base, env,
+                               kill_at="fitting the posterior"),
+        }
+        groups = [
+            # linear, then the same run again from its config.toml, a fit on our own tasks, blobs
+            [("linear", ["run", "linear", *q, "--out", "linear"]),
+             ("linear_again", ["run", "linear/config.toml", "-q", "--out", "linear_again"]),
+             ("fit", ["fit", "linear", *q, "--method", "maml", "--tasks", "tasks.npz", "--out", "fit"]),
+             ("blobs", ["run", "blobs", *q, "--out", "blobs"])],
+            [("sinusoid_line", ["run", "sinusoid_line", *q, "--out", "sinusoid_line"])],
+        ]
+        self.grouped = {}
+        for group in groups:
+            proc = _Process([sys.executable, "-c", _SEQUENCE, json.dumps(group)], base, fast)
+            self.grouped.update({name: proc for name, _ in group})
+        self._done = {}
+
+    def result(self, name):
+        if name in self.single:
+            return self.single[name].wait()
+        proc = self.grouped[name]
+        if proc not in self._done:
+            self._done[proc] = proc.wait()
+        rc, out, err = self._done[proc]
+        for line in out.splitlines():
+            record = json.loads(line)
+            if record["name"] == name:
+                return record["rc"], record["out"], record["err"]
+        raise AssertionError(f"{name} did not finish: status {rc}\n{err[-4000:]}")
+
+    def stop(self):
+        for proc in [*self.single.values(), *self.grouped.values()]:
+            proc.stop()
 
 
 def _tasks_file(path):
@@ -88,29 +139,14 @@ def jobs(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     (base / "default").mkdir()
     _tasks_file(base / "tasks.npz")
-    q = ["--toy", "-q"]
-    started = {
-        # `hbmeta run` with no model: the built-in sinusoid, written under ./runs/
-        "sinusoid": _Job([HBMETA + ["run", *q]], base / "default"),
-        "blobs": _Job([HBMETA + ["run", "blobs", *q, "--out", "blobs"]], base),
-        "sinusoid_line": _Job([HBMETA + ["run", "sinusoid_line", *q, "--out", "sinusoid_line"]], base),
-        # linear, then the same run again from its config.toml, then a fit on our own tasks
-        "linear": _Job([HBMETA + ["run", "linear", *q, "--out", "linear"],
-                        HBMETA + ["run", "linear/config.toml", "-q", "--out", "linear_again"],
-                        HBMETA + ["fit", "linear", *q, "--method", "maml", "--tasks", "tasks.npz", "--out", "fit"]],
-                       base),
-        # killed by SIGKILL as soon as it starts fitting the posterior
-        "killed": _Job([HBMETA + ["run", "linear", "--toy", "--out", "killed"]], base,
-                       kill_at="fitting the posterior"),
-    }
-    yield base, started
-    for job in started.values():
-        job.stop()
+    started = _Jobs(base)
+    yield started
+    started.stop()
 
 
 def _finished(jobs, name):
-    base, started = jobs
-    rc, out, err = started[name].result()
+    base = jobs.base
+    rc, out, err = jobs.result(name)
     assert rc == 0, f"{name} failed with {rc}:\n{out}\n{err}"
     assert "Traceback" not in err and "Warning" not in err, err
     return base, out, err
@@ -250,8 +286,8 @@ def test_diagnose_prints_the_summary_and_writes_pictures(jobs, tmp_path, capsys)
 
 
 def test_a_killed_run_leaves_no_complete_looking_output(jobs, tmp_path, capsys):
-    base, started = jobs
-    rc, _, err = started["killed"].result()
+    base = jobs.base
+    rc, _, err = jobs.result("killed")
     assert rc == -signal.SIGKILL or rc == 128 + signal.SIGKILL, (rc, err)
     assert "fitting the posterior" in err and "hbmeta: linear with nuts" not in err
     assert not (base / "killed").exists()

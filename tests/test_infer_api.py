@@ -94,6 +94,17 @@ def test_laplace_cov_factor():
         hbmeta._infer_laplace.laplace_cov_factor(np.array([[np.nan, 0.0], [0.0, 1.0]]))
 
 
+def test_chunked_hessian_equals_jax_hessian():
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((7, 7)), jnp.float32)
+
+    def fun(x):
+        return jnp.sum(jnp.sin(a @ x) ** 2) + jnp.sum(x**4)
+
+    x = jnp.linspace(-1.0, 1.0, 7)
+    np.testing.assert_allclose(hbmeta._infer_laplace.hessian(fun, x, chunk_size=3), jax.hessian(fun)(x),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_svi_task_subsampling_scales_the_likelihood():
     # Mean-field SVI on 5 of 20 tasks per step: the guide's sds must match the full-data mean-field optimum
     # 1/sqrt(Λ_ii), which a missing T/B scale would inflate by sqrt(T/B) = 2.
@@ -199,3 +210,8 @@ def test_mismatched_targets_fail_before_compilation(no_compilation, method):
         hb.infer(_spec(), labels, method=method, key=jax.random.key(0))
     with pytest.raises(ValueError, match="y_query has dtype float32.*expected integer class labels"):
         hb.infer(_spec(likelihood=hb.CategoricalLikelihood()), TASKS, method=method, key=jax.random.key(0))
+
+
+def test_explicit_variant_cannot_subsample_with_a_joint_guide(no_compilation):
+    with pytest.raises(ValueError, match="subsample_size=5 with guide='full_rank' in the explicit variant"):
+        hb.run_svi(_spec(explicit_tau=0.5), TASKS, key=jax.random.key(0), guide="full_rank", subsample_size=5)

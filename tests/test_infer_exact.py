@@ -48,7 +48,8 @@ TASKS = correlated_tasks(0)
 
 
 def _arrays(tasks):
-    return [np.asarray(a, np.float64) for a in (tasks.x_support, tasks.y_support[..., 0], tasks.x_query, tasks.y_query[..., 0])]
+    arrays = (tasks.x_support, tasks.y_support[..., 0], tasks.x_query, tasks.y_query[..., 0])
+    return [np.asarray(a, np.float64) for a in arrays]
 
 
 def affine_map(x, y, alpha, num_steps):
@@ -109,7 +110,8 @@ def test_closed_form_is_self_consistent():
     theta = jnp.array([0.3, -0.7])
 
     def phi(t):
-        return hb.adapt({"w": t}, TASKS.x_support[0], TASKS.y_support[0], apply=apply, step_size=ALPHA, num_steps=3)["w"]
+        out = hb.adapt({"w": t}, TASKS.x_support[0], TASKS.y_support[0], apply=apply, step_size=ALPHA, num_steps=3)
+        return out["w"]
 
     np.testing.assert_allclose(jax.jacfwd(phi)(theta), a, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(phi(theta), a @ np.asarray(theta) + b, rtol=1e-4, atol=1e-5)

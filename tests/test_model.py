@@ -96,9 +96,11 @@ def test_masks_drop_points_from_both_sets():
 
 def test_inferred_noise_and_step_size_enter_the_density():
     tasks = _tasks()
-    spec = _spec(likelihood=hb.NormalLikelihood(noise_prior_scale=2.0), step_size_prior=hb.StepSizePrior(np.log(0.05), 0.3))
+    spec = _spec(likelihood=hb.NormalLikelihood(noise_prior_scale=2.0),
+                 step_size_prior=hb.StepSizePrior(np.log(0.05), 0.3))
     theta, sigma, log_a = np.array([0.2, 0.9]), 0.8, np.log(0.07)
-    values = {"theta": jnp.asarray(theta, jnp.float32), "noise": jnp.float32(sigma), "log_step_size": jnp.float32(log_a)}
+    values = {"theta": jnp.asarray(theta, jnp.float32), "noise": jnp.float32(sigma),
+              "log_step_size": jnp.float32(log_a)}
     got = _ld(hb.build_model(spec), tasks, values)
     xs, ys, xq, yq = _np(tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query)
     want = stats.norm.logpdf(theta, 0.5, 2.0).sum() + stats.halfnorm.logpdf(sigma, scale=2.0)
@@ -160,7 +162,8 @@ def test_categorical_likelihood_density():
     tasks = hb.make_tasks(rng.standard_normal((4, 6, 2)), rng.integers(0, 3, (4, 6)),
                           rng.standard_normal((4, 5, 2)), rng.integers(0, 3, (4, 5)))
     net = hb.mlp((2, 3))
-    params = [{"w": jnp.asarray(rng.standard_normal((2, 3)), jnp.float32), "b": jnp.asarray(rng.standard_normal(3), jnp.float32)}]
+    params = [{"w": jnp.asarray(rng.standard_normal((2, 3)), jnp.float32),
+               "b": jnp.asarray(rng.standard_normal(3), jnp.float32)}]
     rule = hb.GradientSteps(net.apply, loss="cross_entropy", step_size=0.5, num_steps=1)
     spec = hb.ModelSpec(rule, params, likelihood=hb.CategoricalLikelihood(), prior=hb.NormalPrior(0.0, 1.0))
     flat = spec.ravel(params)
@@ -201,8 +204,8 @@ def test_shape_and_label_checks():
         _trace(_spec(), tasks._replace(x_query=jnp.zeros((T, M, 5))))
     blobs = hb.make_tasks(np.zeros((2, 3, 2)), np.zeros((2, 3), int), np.zeros((2, 3, 2)), np.zeros((2, 3), int))
     net = hb.mlp((2, 3))
-    spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss="cross_entropy"), [{"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}],
-                        likelihood=hb.CategoricalLikelihood())
+    spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss="cross_entropy"),
+                        [{"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}], likelihood=hb.CategoricalLikelihood())
     with pytest.raises(ValueError, match=r"y_query has labels in \[0, 7\]; expected labels in \[0, 2\]"):
         _trace(spec, blobs._replace(y_query=blobs.y_query.at[0, 0].set(7)))
     with pytest.raises(ValueError, match="subsample_size=0"):
@@ -241,7 +244,8 @@ def test_spec_rejects_bad_priors_and_step_sizes():
 def test_prior_loc_scale_per_leaf_and_centre():
     params = {"a": jnp.zeros((2, 2)), "b": jnp.zeros(3)}
     rule = hb.GradientSteps(lambda p, x: x @ p["a"] + p["b"][:2])
-    spec = hb.ModelSpec(rule, params, prior=hb.NormalPrior(loc={"a": 1.0, "b": 2.0}, scale={"a": 0.5, "b": jnp.arange(1.0, 4.0)}))
+    prior = hb.NormalPrior(loc={"a": 1.0, "b": 2.0}, scale={"a": 0.5, "b": jnp.arange(1.0, 4.0)})
+    spec = hb.ModelSpec(rule, params, prior=prior)
     loc, scale = spec.prior_loc_scale()
     np.testing.assert_array_equal(loc, [1, 1, 1, 1, 2, 2, 2])
     np.testing.assert_array_equal(scale, [0.5, 0.5, 0.5, 0.5, 1, 2, 3])
