@@ -16,7 +16,9 @@ class Posterior(NamedTuple):
 
     - ``samples``: dict site name → array ``(chain, draw, ...)``. ``"theta"``
       is ``(chain, draw, P)``, the flat parameter vector; ``"noise"`` (σ) and
-      ``"step_size"`` (α) are ``(chain, draw)`` when inferred.
+      ``"step_size"`` (α, with ``"log_step_size"``) are ``(chain, draw)`` when
+      inferred; ``"phi"`` is ``(chain, draw, T, P)`` in the explicit variant.
+      Arrays are numpy, on the host.
     - ``spec``: the :class:`~hbmeta.ModelSpec` (network, rule, prior,
       likelihood): what is needed to predict.
     - ``method``: ``"nuts"``, ``"hmc"``, ``"svi"``, ``"laplace"``, ``"svgd"`` or ``"maml"``.
@@ -26,6 +28,14 @@ class Posterior(NamedTuple):
       ``potential_energy``), empty for methods without them.
     - ``info``: anything else the method returns (e.g. ``"losses"``, the ELBO
       loss history of SVI, or ``"map"``, the MAP θ of Laplace).
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from hbmeta import GradientSteps, ModelSpec, Posterior, linear
+        >>> spec = ModelSpec(GradientSteps(linear().apply), {"w": jnp.zeros(3)})
+        >>> post = Posterior({"theta": np.zeros((2, 5, 3)), "noise": np.ones((2, 5))}, spec, "custom", {})
+        >>> post.num_chains, post.num_draws, post.theta()["w"].shape, post.flat("noise").shape
+        (2, 5, (2, 5, 3), (10,))
     """
 
     samples: dict

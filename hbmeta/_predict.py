@@ -231,7 +231,8 @@ def sample_predictive(
     activations per task (≈ (K + M) × hidden widths, twice for the inner
     gradient). For the 1–40–40–1 MLP (P = 1761) with K = M = 10 and the
     defaults D = 64, B = 32, XLA's memory analysis of the compiled chunk gives
-    31 MB of temporaries (the formula's bound: 45 MB). The host holds the outputs:
+    31 MB of temporaries (the formula's bound: 45 MB), plus ``4·D·B·P`` = 14 MB
+    of output when ``return_params``. The host holds the outputs:
     ``2 · 4 · C·S·T·M·o`` bytes (``mean`` and ``y``; e.g. 4 chains × 500 draws
     × 100 tasks × 100 points = 160 MB), plus ``4 · C·S·T·P`` bytes when
     ``return_params`` (the same sizes: 1.4 GB, so ask for params on few tasks).

@@ -302,18 +302,18 @@ def test_a_killed_run_leaves_no_complete_looking_output(jobs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("error, status, message", [
-    (RuntimeError("the trainer broke"), 2,
-     "hbmeta: error: RuntimeError: the trainer broke (run with --debug for the traceback)\n"),
+    (RuntimeError("something broke"), 2,
+     "hbmeta: error: RuntimeError: something broke (run with --debug for the traceback)\n"),
     (KeyboardInterrupt(), 130, "hbmeta: interrupted\n"),
 ])
 def test_an_exception_or_ctrl_c_removes_the_partial_run(tmp_path, monkeypatch, capsys, error, status, message):
-    import hbmeta._maml
+    from hbmeta import _build
 
     def boom(*args, **kwargs):
         assert any(p.name.startswith(".r.partial-") for p in tmp_path.iterdir())  # it was being written
         raise error
 
-    monkeypatch.setattr(hbmeta._maml, "train_maml", boom)
+    monkeypatch.setattr(_build, "draw_tasks", boom)
     monkeypatch.chdir(tmp_path)
     assert main(["run", "linear", "--toy", "-q", "--out", "r"]) == status
     assert capsys.readouterr().err == message

@@ -46,7 +46,7 @@ for path, cwd in json.loads(sys.argv[1]):
         except BaseException:
             error = traceback.format_exc()
             break
-    print(json.dumps({"path": path, "error": error}), flush=True)
+    print("@@docs-result@@", json.dumps({"path": path, "error": error}), flush=True)
 """
 
 
@@ -76,8 +76,8 @@ def doc_runs(tmp_path_factory):
                 if p.returncode is None:
                     out, err = p.communicate(timeout=TIMEOUT)
                     for line in out.splitlines():
-                        if line.startswith("{"):
-                            record = json.loads(line)
+                        if line.startswith("@@docs-result@@ "):
+                            record = json.loads(line.split(" ", 1)[1])
                             results[Path(record["path"]).name] = record["error"] or ""
                     if p.returncode != 0:
                         results.setdefault("process", f"status {p.returncode}:\n{err[-4000:]}")
