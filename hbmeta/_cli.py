@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="hbmeta", parents=[common], formatter_class=fmt,
                 description="Probabilistic, hierarchical-Bayes meta-learning: MAML, then a posterior over θ.",
-                epilog="Run `hbmeta COMMAND --help` for each command's options and examples.")
+                epilog="examples:\n  hbmeta run                     the built-in sinusoid model\n"
+                       "  hbmeta models                  the ready-made models\n"
+                       "  hbmeta predict RUN --support my_points.csv\n\n"
+                       "Run `hbmeta COMMAND --help` for each command's options and examples.")
     from hbmeta import __version__
 
     p.add_argument("--version", action="version", version=f"hbmeta {__version__}")

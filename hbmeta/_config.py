@@ -28,7 +28,6 @@ from importlib import resources
 from hbmeta import _toml
 from hbmeta._config_fields import FAMILIES, FamilyConfig, check, parse_family
 from hbmeta._config_sections import (  # noqa: F401  (re-exported: the sections are part of this module's API)
-    METHODS,
     SECTIONS,
     TOY_CAPS,
     AdaptationSection,
@@ -256,6 +255,11 @@ def load_config(source=None, overrides=(), *, method=None, seed=None, toy=None) 
 
     Raises:
         ValueError: naming the file or override, the key and what is allowed.
+
+    Example:
+        >>> cfg = load_config("linear", ["maml.num_iterations=500"], method="svi", toy=True)
+        >>> cfg.maml.num_iterations, cfg.inference.method, cfg.effective().maml.num_iterations
+        (500, 'svi', 30)
     """
     text, where = resolve_source(source)
     try:

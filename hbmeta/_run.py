@@ -87,7 +87,11 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
     from hbmeta._infer import infer, maml_posterior
     from hbmeta._maml import train_maml
 
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg is a {type(cfg).__name__}; expected hbmeta.Config (from hbmeta.load_config)")
     eff = cfg.effective()
+    if train_tasks is not None:
+        _check_train_tasks(eff, train_tasks)
     method = eff.inference.method
     evaluate_held_out = not fit_only and train_tasks is None
     final_path = new_run_path(cfg.model.name, out=out, runs_dir=runs_dir)
@@ -200,6 +204,28 @@ def _write_run(writer, cfg, eff, spec, post, maml, maml_post, train, test, test_
         metrics["diagnostics"] = {"divergences": 0, "warnings": [], "max_rhat": None, "min_ess_bulk": None}
     write_pictures(writer, eff, post, idata, predictives, test, test_params, keys, maml_post=maml_post)
     return text
+
+
+def _check_train_tasks(cfg: Config, tasks) -> None:
+    """The user's training tasks must fit the configured network and likelihood (checked before any work)."""
+    from hbmeta._tasks import TaskBatch
+
+    if not isinstance(tasks, TaskBatch):
+        raise ValueError(f"train_tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch (see hbmeta.make_tasks)")
+    d = cfg.family.input_dim
+    if tasks.x_support.shape[-1] != d:
+        raise ValueError(f"train_tasks have {tasks.x_support.shape[-1]} input features; expected {d}, "
+                         f"the input size of the configured network (family {cfg.family.name!r})")
+    if cfg.regression:
+        if tasks.y_support.ndim != 3 or tasks.y_support.shape[-1] != 1:
+            raise ValueError(f"train_tasks have targets of shape {tasks.y_support.shape}; expected (tasks, points, 1) "
+                             "real values for the normal likelihood")
+    else:
+        k = cfg.family.output_dim
+        labels = np.concatenate([np.asarray(tasks.y_support).ravel(), np.asarray(tasks.y_query).ravel()])
+        if tasks.y_support.ndim != 2 or labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"train_tasks have targets of shape {tasks.y_support.shape} with values "
+                             f"{labels.min()}..{labels.max()}; expected (tasks, points) class labels 0..{k - 1}")
 
 
 def _finetune(params, tasks, rule, num_steps) -> dict:

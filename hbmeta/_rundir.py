@@ -137,7 +137,18 @@ class LoadedRun(NamedTuple):
 
 
 def load_run(path) -> LoadedRun:
-    """Read a complete run: its configuration, meta-parameters and posterior draws."""
+    """Read a complete run: its configuration, meta-parameters and posterior draws.
+
+    Raises:
+        ValueError: if ``path`` is not a complete run directory (no ``run.json``: an
+            interrupted run, or another directory) or its files do not fit together.
+
+    Example (``RUN`` is a directory written by ``hbmeta run``)::
+
+        run = load_run(RUN)
+        run.posterior.samples["theta"].shape      # (chain, draw, P)
+        hbmeta.sample_predictive(run.posterior, my_tasks, key=jax.random.key(0))
+    """
     from hbmeta import _build
     from hbmeta._config import load_config
     from hbmeta._posterior import Posterior
