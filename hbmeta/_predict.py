@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from hbmeta._infer_util import as_key
 from hbmeta._posterior import Posterior
 from hbmeta._tasks import TaskBatch
 
@@ -117,15 +118,6 @@ def _check_inputs(posterior, tasks):
             "the likelihood is categorical, expected integer labels (tasks, points)"
         )
     return regression
-
-
-def as_key(key):
-    """A JAX PRNG key from a key or an int seed, else ``ValueError``."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if not isinstance(key, jax.Array):
-        raise ValueError(f"key is a {type(key).__name__}; expected a JAX PRNG key (jax.random.key(0)) or an int")
-    return key
 
 
 def _pad(a, n, axis=0):

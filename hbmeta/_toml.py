@@ -20,7 +20,7 @@ def _key(name: str) -> str:
 
 
 def _string(s: str) -> str:
-    # JSON's escapes (\" \\ \n \t \uXXXX for other control characters) are valid TOML.
+    # JSON's escapes (\" \\ \n \t \u-escapes for other control characters) are valid TOML.
     return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
