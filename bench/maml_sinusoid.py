@@ -166,7 +166,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="hide the progress display")
     args = parser.parse_args(argv)
     if args.quick:
-        args.iterations = min(args.iterations, 200)
+        args.iterations = min(args.iterations, 1000)  # He-initialised nets diverge in 10-step fine-tuning before ~500
         args.baseline_iterations = min(args.baseline_iterations, 200)
         args.chunk_size = min(args.chunk_size, 100)
         args.eval_tasks = min(args.eval_tasks, 100)

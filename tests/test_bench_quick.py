@@ -24,7 +24,7 @@ def test_quick_run_prints_the_figures():
         assert m and float(m.group(1)) > 0, out
     assert "baseline jit, per-step call   skipped" in out  # --quick skips one compilation
     assert re.search(r"ratio hbmeta / baseline\s+[0-9.]+", out), out
-    assert re.search(r"Wall time of the 200-iteration hbmeta run: [0-9.]+ s", out), out
+    assert re.search(r"Wall time of the 1000-iteration hbmeta run: [0-9.]+ s", out), out
     rows = re.findall(r"^\s+(\d+)\s+([0-9.]+) ± ([0-9.]+)\s+([0-9.]+)$", out, flags=re.M)
     assert [(r[0], r[3]) for r in rows] == [("1", "0.67"), ("5", "0.38"), ("10", "0.35")], out
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
