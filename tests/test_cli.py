@@ -91,7 +91,9 @@ class _Jobs:
             # `hbmeta run` with no model: the built-in sinusoid, written under ./runs/
             "sinusoid": _Process(HBMETA + ["run", *q], base / "default", env),
             # killed by SIGKILL as soon as it starts fitting the posterior
-            "killed": _Process(HBMETA + ["run", "linear", "--toy", "--out", "killed"], base, env,
+            # its own compilation cache: SIGKILL may cut a cache entry short, which others must not read
+            "killed": _Process(HBMETA + ["run", "linear", "--toy", "--out", "killed"], base,
+                               dict(env, JAX_COMPILATION_CACHE_DIR=str(base / "jax-cache-killed")),
                                kill_at="fitting the posterior"),
         }
         groups = [
@@ -103,8 +105,9 @@ class _Jobs:
             [("sinusoid_line", ["run", "sinusoid_line", *q, "--out", "sinusoid_line"])],
         ]
         self.grouped = {}
-        for group in groups:
-            proc = _Process([sys.executable, "-c", _SEQUENCE, json.dumps(group)], base, fast)
+        for i, group in enumerate(groups):  # one cache per process: concurrent writers never share one
+            genv = dict(fast, JAX_COMPILATION_CACHE_DIR=str(base / f"jax-cache-{i}"))
+            proc = _Process([sys.executable, "-c", _SEQUENCE, json.dumps(group)], base, genv)
             self.grouped.update({name: proc for name, _ in group})
         self._done = {}
 
