@@ -39,7 +39,7 @@ from hbmeta._infer_util import (
 )
 from hbmeta._model import build_model, check_tasks
 from hbmeta._posterior import Posterior
-from hbmeta._progress import Progress
+from hbmeta._progress import run_in_chunks
 
 
 def minimize(fun, x0, *, optimizer, num_steps: int, chunk_size: int = 500, progress: bool = False, label="MAP"):
@@ -68,16 +68,9 @@ def minimize(fun, x0, *, optimizer, num_steps: int, chunk_size: int = 500, progr
         return jax.lax.scan(step, carry, None, length=n)
 
     carry = (x0, opt.init(x0))
-    bar = Progress(label, num_steps, enabled=progress)
-    losses, done = [], 0
-    while done < num_steps:
-        n = min(chunk_size, num_steps - done)
-        carry, vals = run(carry, n)
-        losses.append(np.asarray(vals))
-        done += n
-        bar.update(done, f"loss {float(losses[-1][-1]):.4f}")
-    bar.close()
-    return carry[0], np.concatenate(losses)
+    carry, losses = run_in_chunks(run, carry, num_steps, chunk_size=chunk_size, label=label, progress=progress,
+                                  describe=lambda chunk: f"loss {float(chunk[-1]):.4f}")
+    return carry[0], losses
 
 
 def hessian(fun, x, *, chunk_size: int = 128):

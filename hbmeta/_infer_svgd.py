@@ -17,7 +17,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from numpyro.contrib.einstein import SVGD, RBFKernel
 from numpyro.distributions import biject_to
@@ -34,7 +33,7 @@ from hbmeta._infer_util import (
 )
 from hbmeta._model import build_model, check_tasks
 from hbmeta._posterior import Posterior
-from hbmeta._progress import Progress
+from hbmeta._progress import run_in_chunks
 
 
 def init_near(site=None, values=None, radius=0.1):
@@ -128,15 +127,8 @@ def run_svgd(
     def run(state, n):
         return jax.lax.scan(lambda s, _: svgd.update(s, tasks), state, None, length=n)
 
-    bar = Progress("SVGD", num_steps, enabled=progress)
-    losses, done = [], 0
-    while done < num_steps:
-        n = min(chunk_size, num_steps - done)
-        state, force = run(state, n)
-        losses.append(np.asarray(force))
-        done += n
-        bar.update(done, f"Stein force {float(losses[-1][-1]):.3g}")
-    bar.close()
+    state, losses = run_in_chunks(run, state, num_steps, chunk_size=chunk_size, label="SVGD", progress=progress,
+                                  describe=lambda chunk: f"Stein force {float(chunk[-1]):.3g}")
     suffix = "_auto_loc"
     draws = {k[: -len(suffix)]: v[None] for k, v in svgd.get_params(state).items() if k.endswith(suffix)}
     jax.block_until_ready(draws)
@@ -148,5 +140,5 @@ def run_svgd(
         init=None if init is None else type(init).__name__,
         init_radius=float(init_radius),
     )
-    info = {"losses": np.concatenate(losses), "wall_time": wall}
+    info = {"losses": losses, "wall_time": wall}
     return make_posterior(spec, draws, method="svgd", settings=settings, info=info)

@@ -21,7 +21,7 @@ import optax
 
 from hbmeta._adapt import GradientSteps
 from hbmeta._families import FixedTasks
-from hbmeta._progress import Progress
+from hbmeta._progress import run_in_chunks
 from hbmeta._tasks import TaskBatch
 
 
@@ -233,14 +233,13 @@ def train_maml(
             params, optimizer=optimizer, step_size=rule.step_size, key=key, learn_step_size=learn_step_size
         )
     loop = _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size)
-    bar = Progress("meta-training", num_iterations, enabled=progress)
-    losses, done = [], 0
-    while done < num_iterations:
-        n = min(chunk_size, num_iterations - done)
-        state, info = loop(state, n)
-        losses.append(np.asarray(info.loss))
-        done += n
-        bar.update(done, f"meta-loss {float(np.mean(losses[-1])):.4f}")
-    bar.close()
-    losses = np.concatenate(losses)
+    state, losses = run_in_chunks(
+        lambda s, n: (lambda out: (out[0], out[1].loss))(loop(s, n)),
+        state,
+        num_iterations,
+        chunk_size=chunk_size,
+        label="meta-training",
+        progress=progress,
+        describe=lambda chunk: f"meta-loss {float(np.mean(chunk)):.4f}",
+    )
     return MAMLResult(state.params, state.step_size, losses, state)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
+
 
 class Progress:
     """Report ``done/total`` with elapsed and remaining time.
@@ -52,3 +54,22 @@ class Progress:
         if self.enabled and self._tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def run_in_chunks(run, carry, total: int, *, chunk_size: int, label: str, progress: bool, describe):
+    """Call ``run(carry, n) -> (carry, values)`` on chunks of ``n ≤ chunk_size`` until ``total``.
+
+    ``run`` is a compiled loop (e.g. a ``lax.scan`` of ``n`` steps, ``n`` static); between
+    chunks the progress display is updated with ``describe(values_of_the_chunk)``.
+    Returns the final carry and the per-step values of all chunks, concatenated.
+    """
+    bar = Progress(label, total, enabled=progress)
+    chunks, done = [], 0
+    while done < total:
+        n = min(chunk_size, total - done)
+        carry, values = run(carry, n)
+        chunks.append(np.asarray(values))
+        done += n
+        bar.update(done, describe(chunks[-1]))
+    bar.close()
+    return carry, np.concatenate(chunks)
