@@ -104,7 +104,7 @@ def classify(functions, x, *, with_r2=False):
 def figure(path, x, tasks, truth, kinds, sampled, maml_f, maml_kind, num_show=6):
     from matplotlib.figure import Figure
 
-    from hbmeta._io import atomic_write
+    from hbmeta.base.files import atomic_write
 
     fig = Figure(figsize=(11, 6.4), layout="constrained")
     axes = fig.subplots(2, 3)

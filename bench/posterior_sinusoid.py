@@ -45,7 +45,7 @@ import optax
 from numpyro.diagnostics import effective_sample_size
 
 import hbmeta as hb
-from hbmeta._io import atomic_write
+from hbmeta.base.files import atomic_write
 
 METHODS = ("maml", "nuts", "svi_mean_field", "svi_low_rank", "laplace", "svgd")
 SIZES = (1, 40, 40, 1)

@@ -2,135 +2,117 @@
 
 MAML's gradient-step estimator φ̂ = θ − α∇L(θ) inside a hierarchical model,
 with a prior on θ and its posterior sampled (NUTS) or approximated (SVI,
-Laplace, SVGD); adapted models sampled for new tasks give calibrated
-uncertainty.
+Laplace, SVGD, an ensemble); adapted models sampled for new tasks give
+calibrated uncertainty.
+
+The package is laid out by stage, each stage importing only those below it:
+``base`` → ``tasks`` → ``adaptation`` → ``maml`` / ``model`` → ``inference`` →
+``predict`` → ``diagnostics`` → ``plots`` → ``run`` → ``cli``.
+Every public name is importable from ``hbmeta`` itself.
 """
 
-from hbmeta._adapt import GradientSteps, adapt
-from hbmeta._evaluate import Evaluation, evaluate, finetune_losses
-from hbmeta._families import FixedTasks, GaussianBlobs, LinearGaussian, Sinusoid, SinusoidAndLine
-from hbmeta._io import load_params, save_params
-from hbmeta._losses import mse, softmax_cross_entropy
-from hbmeta._maml import MAMLInfo, MAMLResult, MAMLState, init_maml, maml_update, meta_loss, train_maml
-from hbmeta._nets import Network, linear, mlp
-from hbmeta._sharding import shard_tasks, task_mesh
-from hbmeta._tasks import TaskBatch, concatenate_tasks, make_tasks
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Evaluation",
-    "FixedTasks",
-    "GaussianBlobs",
-    "GradientSteps",
-    "LinearGaussian",
-    "MAMLInfo",
-    "MAMLResult",
-    "MAMLState",
-    "Network",
-    "Sinusoid",
-    "SinusoidAndLine",
-    "TaskBatch",
-    "adapt",
-    "concatenate_tasks",
-    "evaluate",
-    "finetune_losses",
-    "init_maml",
-    "linear",
-    "load_params",
-    "maml_update",
-    "meta_loss",
-    "mlp",
-    "mse",
-    "save_params",
-    "shard_tasks",
-    "softmax_cross_entropy",
-    "task_mesh",
-    "train_maml",
-]
+# Each public name and the module that defines it. The module is imported when the name is first used
+# (PEP 562), so that ``import hbmeta`` (which every ``hbmeta`` command line call runs first) does not pay
+# for JAX, NumPyro, ArviZ and matplotlib; ``hbmeta --help`` stays instant. Unknown names raise
+# AttributeError as usual.
+_EXPORTS = {
+    "CategoricalLikelihood": "hbmeta.model.spec",
+    "Config": "hbmeta.run.config",
+    "Diagnosis": "hbmeta.diagnostics.arviz",
+    "Evaluation": "hbmeta.maml.evaluate",
+    "FixedTasks": "hbmeta.tasks.families",
+    "GaussianBlobs": "hbmeta.tasks.families",
+    "GaussianPosterior": "hbmeta.model.exact",
+    "GradientSteps": "hbmeta.adaptation.steps",
+    "LinearGaussian": "hbmeta.tasks.families",
+    "LoadedRun": "hbmeta.run.rundir",
+    "MAMLInfo": "hbmeta.maml.train",
+    "MAMLResult": "hbmeta.maml.train",
+    "MAMLState": "hbmeta.maml.train",
+    "ModelSpec": "hbmeta.model.spec",
+    "Network": "hbmeta.adaptation.networks",
+    "NormalLikelihood": "hbmeta.model.spec",
+    "NormalPrior": "hbmeta.model.spec",
+    "Posterior": "hbmeta.model.posterior",
+    "Predictive": "hbmeta.predict.predictive",
+    "PredictiveSummary": "hbmeta.predict.predictive",
+    "RunResult": "hbmeta.run.pipeline",
+    "Sinusoid": "hbmeta.tasks.families",
+    "SinusoidAndLine": "hbmeta.tasks.families",
+    "StepSizePrior": "hbmeta.model.spec",
+    "TaskBatch": "hbmeta.tasks.batch",
+    "accuracy": "hbmeta.predict.metrics",
+    "adapt": "hbmeta.adaptation.steps",
+    "brier_score": "hbmeta.predict.metrics",
+    "build_model": "hbmeta.model.hierarchical",
+    "calibration_curve": "hbmeta.predict.metrics",
+    "calibration_error": "hbmeta.predict.metrics",
+    "categorical_nll": "hbmeta.predict.metrics",
+    "concatenate_tasks": "hbmeta.tasks.batch",
+    "coverage": "hbmeta.predict.metrics",
+    "diagnose": "hbmeta.diagnostics.arviz",
+    "diagnostic_draws": "hbmeta.diagnostics.arviz",
+    "evaluate": "hbmeta.maml.evaluate",
+    "expected_calibration_error": "hbmeta.predict.metrics",
+    "finetune_losses": "hbmeta.maml.evaluate",
+    "gaussian_distance": "hbmeta.model.exact",
+    "infer": "hbmeta.inference.dispatch",
+    "init_maml": "hbmeta.maml.train",
+    "linear": "hbmeta.adaptation.networks",
+    "linear_gaussian_posterior": "hbmeta.model.exact",
+    "load_config": "hbmeta.run.config",
+    "load_netcdf": "hbmeta.diagnostics.arviz",
+    "load_params": "hbmeta.base.files",
+    "load_run": "hbmeta.run.rundir",
+    "loo": "hbmeta.diagnostics.arviz",
+    "make_tasks": "hbmeta.tasks.batch",
+    "maml_posterior": "hbmeta.inference.dispatch",
+    "maml_update": "hbmeta.maml.train",
+    "meta_loss": "hbmeta.maml.train",
+    "mixture_cdf": "hbmeta.predict.metrics",
+    "mixture_nll": "hbmeta.predict.metrics",
+    "mlp": "hbmeta.adaptation.networks",
+    "mse": "hbmeta.adaptation.losses",
+    "predictive_metrics": "hbmeta.predict.metrics",
+    "predictive_mse": "hbmeta.predict.metrics",
+    "reliability_curve": "hbmeta.predict.metrics",
+    "run_ensemble": "hbmeta.inference.ensemble",
+    "run_laplace": "hbmeta.inference.laplace",
+    "run_nuts": "hbmeta.inference.nuts",
+    "run_pipeline": "hbmeta.run.pipeline",
+    "run_svgd": "hbmeta.inference.svgd",
+    "run_svi": "hbmeta.inference.svi",
+    "sample_predictive": "hbmeta.predict.predictive",
+    "save_netcdf": "hbmeta.diagnostics.arviz",
+    "save_params": "hbmeta.base.files",
+    "shard_tasks": "hbmeta.tasks.sharding",
+    "softmax_cross_entropy": "hbmeta.adaptation.losses",
+    "summarize": "hbmeta.predict.predictive",
+    "task_mesh": "hbmeta.tasks.sharding",
+    "to_arviz": "hbmeta.diagnostics.arviz",
+    "train_maml": "hbmeta.maml.train",
+    "with_query_inputs": "hbmeta.predict.predictive",
+}
 
-from hbmeta._posterior import Posterior  # noqa: E402
-from hbmeta._spec import (  # noqa: E402
-    CategoricalLikelihood,
-    ModelSpec,
-    NormalLikelihood,
-    NormalPrior,
-    StepSizePrior,
-)
+__all__ = sorted([*_EXPORTS, "plots"])
 
-__all__ += ["CategoricalLikelihood", "ModelSpec", "NormalLikelihood", "NormalPrior", "Posterior", "StepSizePrior"]
 
-# --- inference (helper B): add imports and __all__ entries below this line ---
-from hbmeta._infer import infer, maml_posterior  # noqa: E402
-from hbmeta._infer_laplace import run_laplace  # noqa: E402
-from hbmeta._infer_nuts import run_nuts  # noqa: E402
-from hbmeta._infer_svgd import run_svgd  # noqa: E402
-from hbmeta._infer_svi import run_svi  # noqa: E402
-from hbmeta._model import build_model  # noqa: E402
+def __getattr__(name: str):
+    if name == "plots":
+        return importlib.import_module("hbmeta.plots")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hbmeta' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-__all__ += ["build_model", "infer", "maml_posterior", "run_laplace", "run_nuts", "run_svgd", "run_svi"]
 
-# --- predictive, metrics, ArviZ (helper C): add imports and __all__ entries below this line ---
-from hbmeta import plots  # noqa: E402
-from hbmeta._arviz import Diagnosis, diagnose, diagnostic_draws, load_netcdf, loo, save_netcdf, to_arviz  # noqa: E402
-from hbmeta._metrics import (  # noqa: E402
-    accuracy,
-    brier_score,
-    calibration_curve,
-    calibration_error,
-    categorical_nll,
-    coverage,
-    expected_calibration_error,
-    mixture_cdf,
-    mixture_nll,
-    predictive_metrics,
-    predictive_mse,
-    reliability_curve,
-)
-from hbmeta._predict import Predictive, PredictiveSummary, sample_predictive, summarize, with_query_inputs  # noqa: E402
-
-__all__ += [
-    "Diagnosis",
-    "Predictive",
-    "PredictiveSummary",
-    "accuracy",
-    "brier_score",
-    "calibration_curve",
-    "calibration_error",
-    "categorical_nll",
-    "coverage",
-    "diagnose",
-    "diagnostic_draws",
-    "expected_calibration_error",
-    "load_netcdf",
-    "loo",
-    "mixture_cdf",
-    "mixture_nll",
-    "plots",
-    "predictive_metrics",
-    "predictive_mse",
-    "reliability_curve",
-    "sample_predictive",
-    "save_netcdf",
-    "summarize",
-    "to_arviz",
-    "with_query_inputs",
-]
-
-# --- configuration, the main job, exact reference (helper D): add imports and __all__ entries below this line ---
-from hbmeta._config import Config, load_config  # noqa: E402
-from hbmeta._exact import GaussianPosterior, gaussian_distance, linear_gaussian_posterior  # noqa: E402
-from hbmeta._run import RunResult, run_pipeline  # noqa: E402
-from hbmeta._rundir import LoadedRun, load_run  # noqa: E402
-
-__all__ += [
-    "Config",
-    "GaussianPosterior",
-    "LoadedRun",
-    "RunResult",
-    "gaussian_distance",
-    "linear_gaussian_posterior",
-    "load_config",
-    "load_run",
-    "run_pipeline",
-]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

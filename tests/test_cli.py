@@ -21,18 +21,18 @@ import numpy as np
 import pytest
 
 import hbmeta as hb
-from hbmeta._cli import main
-from hbmeta._config import load_config, model_names
+from hbmeta.cli.main import main
+from hbmeta.run.config import load_config, model_names
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "hbmeta")
-HBMETA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "hbmeta._cli"]
+HBMETA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "hbmeta.cli.main"]
 TIMEOUT = 300
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 # Runs `main(argv)` for each (name, argv) in turn and prints one JSON line per command.
 _SEQUENCE = r"""
 import contextlib, io, json, sys
-from hbmeta._cli import main
+from hbmeta.cli.main import main
 for name, argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -212,7 +212,7 @@ def test_linear_reports_the_distance_to_the_exact_posterior_and_reruns_identical
     # recompute the exact posterior from the run's own training tasks and compare
     loaded = hb.load_run(base / "linear")
     cfg = loaded.config.effective()
-    from hbmeta import _build
+    from hbmeta.run import build as _build
 
     train = _build.draw_tasks(_build.train_family(cfg), _build.keys(cfg.run.seed)["train"], cfg.tasks.num_train)[0]
     ref = hb.linear_gaussian_posterior(train, step_size=0.25, num_steps=2, noise=0.8)
@@ -310,7 +310,7 @@ def test_a_killed_run_leaves_no_complete_looking_output(jobs, tmp_path, capsys):
     (KeyboardInterrupt(), 130, "hbmeta: interrupted\n"),
 ])
 def test_an_exception_or_ctrl_c_removes_the_partial_run(tmp_path, monkeypatch, capsys, error, status, message):
-    from hbmeta import _build
+    from hbmeta.run import build as _build
 
     def boom(*args, **kwargs):
         assert any(p.name.startswith(".r.partial-") for p in tmp_path.iterdir())  # it was being written

@@ -7,8 +7,8 @@ import tomllib
 
 import pytest
 
-from hbmeta import _toml
-from hbmeta._config import (
+from hbmeta.run import toml_writer as _toml
+from hbmeta.run.config import (
     SECTIONS,
     TOY_CAPS,
     Config,

@@ -19,7 +19,7 @@ import pytest
 
 import hbmeta
 import hbmeta.plots
-from hbmeta._config import SECTIONS
+from hbmeta.run.config import SECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

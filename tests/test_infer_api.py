@@ -7,11 +7,11 @@ import optax
 import pytest
 
 import hbmeta as hb
-import hbmeta._infer_laplace
-import hbmeta._infer_nuts
-import hbmeta._infer_svgd
-import hbmeta._infer_svi
-from hbmeta._infer_util import init_values, make_posterior
+import hbmeta.inference.laplace
+import hbmeta.inference.nuts
+import hbmeta.inference.svgd
+import hbmeta.inference.svi
+from hbmeta.inference.common import init_values, make_posterior
 
 D, T, K, M = 2, 20, 5, 5
 ALPHA, SIGMA = 0.1, 0.5
@@ -86,12 +86,12 @@ def test_laplace_starts_at_init_and_reports_an_indefinite_hessian():
 
 
 def test_laplace_cov_factor():
-    factor, eig = hbmeta._infer_laplace.laplace_cov_factor(np.array([[2.0, 0.5], [0.5, 1.0]]))
+    factor, eig = hbmeta.inference.laplace.laplace_cov_factor(np.array([[2.0, 0.5], [0.5, 1.0]]))
     np.testing.assert_allclose(factor @ factor.T, np.linalg.inv([[2.0, 0.5], [0.5, 1.0]]), rtol=1e-10)
     with pytest.raises(np.linalg.LinAlgError, match="singular"):
-        hbmeta._infer_laplace.laplace_cov_factor(np.array([[1.0, 1.0], [1.0, 1.0]]))
+        hbmeta.inference.laplace.laplace_cov_factor(np.array([[1.0, 1.0], [1.0, 1.0]]))
     with pytest.raises(np.linalg.LinAlgError, match="NaN or infinite"):
-        hbmeta._infer_laplace.laplace_cov_factor(np.array([[np.nan, 0.0], [0.0, 1.0]]))
+        hbmeta.inference.laplace.laplace_cov_factor(np.array([[np.nan, 0.0], [0.0, 1.0]]))
 
 
 def test_chunked_hessian_equals_jax_hessian():
@@ -101,7 +101,7 @@ def test_chunked_hessian_equals_jax_hessian():
         return jnp.sum(jnp.sin(a @ x) ** 2) + jnp.sum(x**4)
 
     x = jnp.linspace(-1.0, 1.0, 7)
-    np.testing.assert_allclose(hbmeta._infer_laplace.hessian(fun, x, chunk_size=3), jax.hessian(fun)(x),
+    np.testing.assert_allclose(hbmeta.inference.laplace.hessian(fun, x, chunk_size=3), jax.hessian(fun)(x),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -174,10 +174,10 @@ def no_compilation(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("bad input reached the inference machinery")
 
-    monkeypatch.setattr(hbmeta._infer_nuts, "MCMC", forbidden)
-    monkeypatch.setattr(hbmeta._infer_svi, "SVI", forbidden)
-    monkeypatch.setattr(hbmeta._infer_laplace, "initialize_model", forbidden)
-    monkeypatch.setattr(hbmeta._infer_svgd, "SVGD", forbidden)
+    monkeypatch.setattr(hbmeta.inference.nuts, "MCMC", forbidden)
+    monkeypatch.setattr(hbmeta.inference.svi, "SVI", forbidden)
+    monkeypatch.setattr(hbmeta.inference.laplace, "initialize_model", forbidden)
+    monkeypatch.setattr(hbmeta.inference.svgd, "SVGD", forbidden)
 
 
 @pytest.mark.parametrize(

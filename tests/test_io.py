@@ -9,7 +9,7 @@ import pytest
 
 import hbmeta as hb
 from hbmeta import load_params, save_params
-from hbmeta._io import atomic_write
+from hbmeta.base.files import atomic_write
 
 
 def _tree():

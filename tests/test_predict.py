@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import norm
 
 import hbmeta as hb
-from hbmeta._predict import _KERNELS, _kernel
+from hbmeta.predict.predictive import _KERNELS, _kernel
 
 RNG = np.random.default_rng(0)
 

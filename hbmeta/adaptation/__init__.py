@@ -1,0 +1,1 @@
+"""Networks, losses and the gradient-step estimator φ̂ = θ − α∇L(S; θ)."""

@@ -1,0 +1,1 @@
+"""Foundations every stage uses: argument checks, PRNG keys, progress display, atomic files and parameter files."""

@@ -1,0 +1,1 @@
+"""The ``hbmeta`` command line: parser, commands and reading users' files."""

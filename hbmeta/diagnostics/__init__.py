@@ -1,0 +1,1 @@
+"""ArviZ conversion, NetCDF files, leave-one-task-out LOO and the diagnosis of draws."""

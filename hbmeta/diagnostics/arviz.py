@@ -1,0 +1,382 @@
+"""ArviZ conversion, NetCDF files, convergence diagnostics and leave-one-task-out LOO.
+
+This is the only module that calls ArviZ (imported lazily). It runs on arviz
+0.23 (``InferenceData``) and on arviz ≥ 1.0 (xarray ``DataTree``), branching on
+the version where the two differ (``from_dict``'s signature, group access,
+NetCDF loading). Dimensions are named: ``chain``, ``draw``, ``task``,
+``point`` (query points), ``support_point``, ``feature``, ``output``,
+``class``, ``parameter``, ``reference_task`` and ``reference_point``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from hbmeta.base.files import atomic_write
+from hbmeta.model.posterior import Posterior
+from hbmeta.predict.predictive import Predictive, as_key, sample_predictive
+from hbmeta.tasks.batch import TaskBatch
+
+MCMC_METHODS = ("nuts", "hmc")
+_STAT_NAMES = {"potential_energy": "lp", "accept_prob": "acceptance_rate", "num_steps": "n_steps"}
+NOT_IDENTIFIABLE = (
+    "Raw network weights θ are not identifiable: hidden units can be permuted and their signs flipped "
+    "without changing any prediction (REFERENCE.md §5), so chains can settle in equivalent modes with "
+    "R-hat far above 1 on the weights while every prediction agrees. The checks therefore use invariant "
+    "functionals: the scalar sites (noise, step size) and predictions at fixed reference inputs of "
+    "reference tasks."
+)
+
+
+def _az():
+    import arviz
+
+    return arviz
+
+
+def _v1(az) -> bool:
+    return int(az.__version__.split(".")[0]) >= 1
+
+
+def _is_idata(obj) -> bool:
+    az = _az()
+    if _v1(az):
+        import xarray
+
+        return isinstance(obj, xarray.DataTree)
+    return isinstance(obj, az.InferenceData)
+
+
+def _group_names(idata) -> list:
+    if not _is_idata(idata):
+        return []
+    return list(idata.children) if _v1(_az()) else list(idata.groups())
+
+
+def _group(idata, name):
+    """One group as an ``xarray.Dataset``."""
+    return idata[name].to_dataset() if _v1(_az()) else getattr(idata, name)
+
+
+def _from_dict(groups: dict, *, coords, dims, attrs):
+    az = _az()
+    groups = {name: data for name, data in groups.items() if data}
+    if _v1(az):
+        return az.from_dict(groups, coords=coords, dims=dims, attrs={"/": attrs})
+    return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
+
+
+def _check_key(key):
+    return jax.random.key(0) if key is None else as_key(key)
+
+
+def _trim(tasks: TaskBatch, num_tasks: int, num_points: int) -> TaskBatch:
+    t = tasks.take(np.arange(min(num_tasks, tasks.num_tasks)))
+    m = slice(0, min(num_points, t.x_query.shape[1]))
+    return t._replace(x_query=t.x_query[:, m], y_query=t.y_query[:, m],
+                      query_mask=None if t.query_mask is None else t.query_mask[:, m])
+
+
+def _reference_values(posterior, reference, key):
+    pred = sample_predictive(posterior, reference, key=key)
+    return pred.mean if pred.regression else pred.probs
+
+
+def _posterior_vars(posterior: Posterior, reference, key):
+    """Posterior-group variables and their dims (draw axes excluded)."""
+    data, dims = {}, {}
+    for name, value in posterior.samples.items():
+        data[name] = np.asarray(value)
+    dims["theta"] = ["parameter"]
+    if "phi" in data and data["phi"].ndim == 4:
+        dims["phi"] = ["fitted_task", "parameter"]
+    if reference is not None:
+        if not isinstance(reference, TaskBatch):
+            raise ValueError(f"reference is a {type(reference).__name__}; expected hbmeta.TaskBatch or None")
+        data["reference_prediction"] = _reference_values(posterior, reference, key)
+        last = "output" if posterior.spec.likelihood.regression else "class"
+        dims["reference_prediction"] = ["reference_task", "reference_point", last]
+    return data, dims
+
+
+def _task_log_likelihood(pred: Predictive, tasks: TaskBatch) -> np.ndarray:
+    """Σ over a task's (unmasked) query points of log p(y | φ̂ˢ_j): ``(chain, draw, task)``, in float64."""
+    w = np.ones(tasks.y_query.shape[:2]) if tasks.query_mask is None else np.asarray(tasks.query_mask, float)
+    if pred.regression:
+        mu = np.asarray(pred.mean, np.float64)
+        sd = np.asarray(pred.noise, np.float64)[:, :, None, None, None]
+        y = np.asarray(tasks.y_query, np.float64)
+        logp = -0.5 * np.log(2 * np.pi * sd**2) - 0.5 * np.square((y - mu) / sd)
+        per_point = np.sum(np.where(w[..., None] > 0, logp, 0.0), axis=-1)
+    else:
+        p = np.asarray(pred.probs, np.float64)
+        y = np.where(w > 0, np.asarray(tasks.y_query), 0)
+        py = np.take_along_axis(p, np.broadcast_to(y[..., None], p.shape[:-1] + (1,)), axis=-1)[..., 0]
+        per_point = np.where(w > 0, np.log(np.maximum(py, np.finfo(np.float64).tiny)), 0.0)
+    return np.sum(per_point * w, axis=-1)
+
+
+def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predictive=None, key=None):
+    """ArviZ data of a posterior (any method) and the tasks it was fitted on.
+
+    Groups: ``posterior`` (``theta`` over ``parameter``, ``noise``,
+    ``step_size`` and any other site; ``reference_prediction`` when
+    ``reference`` tasks are given: the predictions at their query inputs,
+    invariant functionals for :func:`diagnose`), ``sample_stats`` (MCMC:
+    ``diverging``, ``lp`` = −potential energy, ``acceptance_rate``,
+    ``n_steps``, ``step_size``), ``log_likelihood`` (``y`` over ``task``: the
+    log-likelihood of each task's query set under its adapted model,
+    ``Σ_q log p(y_q | φ̂ˢ_j)``, computed in one vectorised pass from the
+    predictive), ``posterior_predictive`` (``y`` sampled), ``observed_data``
+    (``y``, the query targets) and ``constant_data`` (support and query
+    inputs, support targets, masks, reference inputs).
+
+    Args:
+        posterior: a :class:`~hbmeta.Posterior`.
+        tasks: the tasks the posterior was fitted on (for LOO and checks).
+        reference: optional :class:`~hbmeta.TaskBatch` of reference tasks.
+        predictive: a :class:`~hbmeta.Predictive` of ``tasks`` already sampled,
+            to avoid sampling it again.
+        key: PRNG key for the sampled targets (default ``jax.random.key(0)``).
+
+    Example:
+        >>> import jax
+        >>> import hbmeta as hb
+        >>> net = hb.mlp((1, 8, 1)); theta = net.init(jax.random.key(0))
+        >>> spec = hb.ModelSpec(hb.GradientSteps(net.apply), theta, likelihood=hb.NormalLikelihood(noise=0.5))
+        >>> flat = spec.ravel(theta) + 0.01 * jax.random.normal(jax.random.key(1), (2, 10, spec.num_params))
+        >>> post = hb.Posterior({"theta": flat}, spec, "custom", {})
+        >>> idata = hb.to_arviz(post, hb.Sinusoid().sample(jax.random.key(2), 3))
+        >>> dict(idata.log_likelihood["y"].sizes)
+        {'chain': 2, 'draw': 10, 'task': 3}
+    """
+    if not isinstance(posterior, Posterior):
+        raise ValueError(f"posterior is a {type(posterior).__name__}; expected hbmeta.Posterior")
+    if not isinstance(tasks, TaskBatch):
+        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch")
+    k_pred, k_ref = jax.random.split(_check_key(key))
+    if predictive is None:
+        predictive = sample_predictive(posterior, tasks, key=k_pred)
+    expected = (posterior.num_chains, posterior.num_draws) + tuple(tasks.x_query.shape[:2])
+    if not isinstance(predictive, Predictive) or predictive.y.shape[:4] != expected:
+        got = getattr(getattr(predictive, "y", None), "shape", None)
+        raise ValueError(f"predictive has y of shape {got}; expected a hbmeta.Predictive with leading shape {expected}")
+    regression = posterior.spec.likelihood.regression
+    post, dims = _posterior_vars(posterior, reference, k_ref)
+    y_dims = ["task", "point", "output"] if regression else ["task", "point"]
+    dims.update({
+        "y": y_dims,
+        "x_support": ["task", "support_point", "feature"],
+        "y_support": ["task", "support_point", "output"] if regression else ["task", "support_point"],
+        "x_query": ["task", "point", "feature"],
+        "support_mask": ["task", "support_point"],
+        "query_mask": ["task", "point"],
+        "reference_x_support": ["reference_task", "reference_support_point", "feature"],
+        "reference_y_support": ["reference_task", "reference_support_point"] + (["output"] if regression else []),
+        "reference_x": ["reference_task", "reference_point", "feature"],
+    })
+    stats = {}
+    for name, value in posterior.sample_stats.items():
+        value = np.asarray(value)
+        if value.shape[:2] == expected[:2]:
+            stats[_STAT_NAMES.get(name, name)] = -value if name == "potential_energy" else value
+    constant = {"x_support": tasks.x_support, "y_support": tasks.y_support, "x_query": tasks.x_query}
+    for name in ("support_mask", "query_mask"):
+        if getattr(tasks, name) is not None:
+            constant[name] = getattr(tasks, name)
+    if reference is not None:
+        constant.update(reference_x_support=reference.x_support, reference_y_support=reference.y_support,
+                        reference_x=reference.x_query)
+    settings = json.dumps(posterior.settings, default=str, sort_keys=True)
+    return _from_dict(
+        {
+            "posterior": post,
+            "sample_stats": stats,
+            "log_likelihood": {"y": _task_log_likelihood(predictive, tasks)},
+            "posterior_predictive": {"y": predictive.y},
+            "observed_data": {"y": np.asarray(tasks.y_query)},
+            "constant_data": {k: np.asarray(v) for k, v in constant.items()},
+        },
+        coords={"task": np.arange(tasks.num_tasks), "point": np.arange(tasks.x_query.shape[1])},
+        dims=dims,
+        attrs={"inference_library": "hbmeta", "method": posterior.method, "settings": settings},
+    )
+
+
+def save_netcdf(idata, path) -> str:
+    """Write ArviZ data to a NetCDF file atomically (a temporary file renamed into place); returns the path."""
+    path = os.fspath(path)
+    atomic_write(path, lambda tmp: idata.to_netcdf(tmp))
+    return path
+
+
+def load_netcdf(path):
+    """Read ArviZ data written by :func:`save_netcdf`, fully into memory (the file is not held open)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path={path!r} does not exist; expected a NetCDF file written by save_netcdf")
+    az = _az()
+    if _v1(az):  # a DataTree; read fully so that the file is closed
+        if hasattr(az, "from_netcdf"):
+            data = az.from_netcdf(path)
+        else:
+            import xarray
+
+            data = xarray.open_datatree(path)
+        return data.load() if hasattr(data, "load") else data
+    with az.rc_context({"data.load": "eager"}):
+        return az.from_netcdf(path)
+
+
+def loo(idata, **kwargs):
+    """Leave-one-task-out PSIS-LOO: ``az.loo`` on the per-task log-likelihood ``y`` (one value per task and draw).
+
+    ``elpd_loo`` estimates Σ_j log p(Q_j | other tasks) for a new task's query
+    set given its support set; Pareto k above 0.7 flags tasks whose removal
+    would change the posterior a lot (ArviZ warns about them).
+    """
+    if "log_likelihood" not in _group_names(idata) or "y" not in _group(idata, "log_likelihood"):
+        raise ValueError("idata has no log_likelihood group with 'y'; expected the output of hbmeta.to_arviz")
+    return _az().loo(idata, var_name="y", pointwise=True, **kwargs)
+
+
+class Diagnosis(NamedTuple):
+    """What :func:`diagnose` found.
+
+    - ``summary``: pandas DataFrame from ``az.summary`` (mean, sd, intervals,
+      ``r_hat``, ``ess_bulk``, ``ess_tail``, ...) on the scalar sites and the
+      invariant functionals (``reference_prediction[task, point, output]``).
+    - ``warnings``: list of plain-language warnings (also issued with ``warnings.warn``).
+    - ``text``: a readable report, including why raw weights are not checked.
+    - ``divergences``: number of divergent transitions (0 for non-MCMC methods).
+    - ``weights_rhat``: the largest R-hat over raw weights θ (for information only; NaN if one chain).
+    """
+
+    summary: Any
+    warnings: list
+    text: str
+    divergences: int
+    weights_rhat: float
+
+
+def diagnostic_draws(source, *, tasks=None, reference=None, key=None) -> dict:
+    """The draws that :func:`diagnose` checks, as ``{name: (chain, draw) array}``.
+
+    Scalar sites (e.g. ``noise``, ``step_size``) and every element of
+    ``reference_prediction`` (named ``f[task, point, output]``). ``source`` is
+    a Posterior or ArviZ data; for a Posterior without ``reference``, the
+    first 4 of ``tasks`` and their first 5 query points are the reference.
+    """
+    post, _method, _ = _diagnostic_vars(source, tasks, reference, key)
+    out = {}
+    for name, value in post.items():
+        if name == "theta":
+            continue
+        value = np.asarray(value)
+        if value.ndim == 2:
+            out[name] = value
+        elif name == "reference_prediction":
+            for idx in np.ndindex(*value.shape[2:]):
+                out["f[" + ", ".join(map(str, idx)) + "]"] = value[(slice(None), slice(None)) + idx]
+    return out
+
+
+def _diagnostic_vars(source, tasks, reference, key):
+    if isinstance(source, Posterior):
+        if reference is None and tasks is not None:
+            reference = _trim(tasks, 4, 5)
+        post, _ = _posterior_vars(source, reference, _check_key(key))
+        divergences = int(np.sum(np.asarray(source.sample_stats.get("diverging", 0))))
+        return post, source.method, divergences
+    names = _group_names(source)
+    if "posterior" not in names:
+        raise ValueError(f"source is a {type(source).__name__} without a posterior group; "
+                         "expected hbmeta.Posterior or ArviZ data from hbmeta.to_arviz")
+    ds = _group(source, "posterior")
+    post = {name: ds[name].values for name in ds.data_vars}
+    method = str(getattr(source, "attrs", {}).get("method", ds.attrs.get("method", "unknown")))
+    divergences = 0
+    if "sample_stats" in names and "diverging" in _group(source, "sample_stats"):
+        divergences = int(_group(source, "sample_stats")["diverging"].values.sum())
+    return post, method, divergences
+
+
+def _rhat_max(theta) -> float:
+    az = _az()
+    if theta is None or theta.shape[0] < 2 or theta.shape[1] < 4:
+        return float("nan")
+    return float(np.nanmax(az.rhat(az.convert_to_dataset({"theta": theta}))["theta"].values))
+
+
+def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 1.01, ess_min: float = 400,
+             warn: bool = True) -> Diagnosis:
+    """Convergence summary on scalar sites and invariant functionals, with warnings in plain words.
+
+    R-hat (rank-normalised, split), bulk and tail ESS (Vehtari et al. 2021)
+    and the divergence count are computed on the scalar sites and on
+    predictions at fixed reference inputs of reference tasks, never on raw
+    weights (not identifiable; the text says so). For MCMC methods it warns
+    when R-hat > ``rhat_max``, ESS < ``ess_min`` or divergences > 0. For
+    SVI, Laplace, SVGD and MAML the draws are independent (or deterministic)
+    by construction, so convergence checks do not apply and none are warned.
+
+    Args:
+        source: a :class:`~hbmeta.Posterior` or ArviZ data from :func:`to_arviz`.
+        tasks: with a Posterior and no ``reference``: the first 4 tasks and 5
+            query points become the reference.
+        reference: reference tasks (their query inputs are the fixed inputs).
+        key: PRNG key (only used to sample reference predictions).
+        warn: also issue each warning with ``warnings.warn``.
+    """
+    post, method, divergences = _diagnostic_vars(source, tasks, reference, key)
+    names = [n for n, v in post.items() if n != "theta" and (np.ndim(v) == 2 or n == "reference_prediction")]
+    if not names:
+        raise ValueError("nothing to diagnose: the posterior has no scalar sites and no reference predictions; "
+                         "pass tasks= or reference= (reference tasks give invariant functionals)")
+    az = _az()
+    chains, draws = np.shape(post[names[0]])[:2]
+    data = az.convert_to_dataset({n: np.asarray(post[n]) for n in names})
+    kind = "all" if draws >= 4 else "stats"
+    summary = az.summary(data, kind=kind, round_to="none")
+    mcmc = method in MCMC_METHODS
+    found = []
+    if mcmc and kind == "all":
+        rhat, ess = summary["r_hat"], summary[["ess_bulk", "ess_tail"]].min(axis=1)
+        bad = rhat[rhat > rhat_max]
+        if len(bad):
+            found.append(f"R-hat is above {rhat_max} for {len(bad)} of {len(rhat)} checked quantities (worst: "
+                         f"{bad.idxmax()} at {bad.max():.3f}): the chains disagree, so they have not mixed; "
+                         "run longer chains (more warmup and samples) or start them closer together.")
+        low = ess[ess < ess_min]
+        if len(low):
+            found.append(f"Effective sample size (bulk or tail) is below {ess_min:g} for {len(low)} of {len(ess)} "
+                         f"checked quantities (smallest: {low.idxmin()} at {low.min():.0f}): too few effectively "
+                         "independent draws for reliable intervals; draw more samples or thin less.")
+    if mcmc and divergences > 0:
+        found.append(f"{divergences} divergent transitions: the sampler met regions it could not follow, so the "
+                     "draws may be biased; raise target_accept_prob, lower the prior scale, or start from a "
+                     "better point.")
+    weights = _rhat_max(np.asarray(post["theta"])) if mcmc and "theta" in post else float("nan")
+    lines = [f"hbmeta diagnosis: method {method}, {chains} chain(s) x {draws} draw(s).",
+             f"Checked: {', '.join(names)} ({len(summary)} quantities).", NOT_IDENTIFIABLE]
+    if np.isfinite(weights):
+        lines.append(f"For information only, the largest R-hat over raw weights is {weights:.2f}; "
+                     "that is expected and not a problem when the functionals agree.")
+    if not mcmc:
+        lines.append(f"Convergence checks apply to MCMC; draws from '{method}' are independent or deterministic "
+                     "by construction, so R-hat and ESS only describe Monte Carlo error, not the accuracy of "
+                     "the approximation.")
+    elif kind == "all":
+        lines.append(f"Largest R-hat {summary['r_hat'].max():.3f}, smallest bulk ESS {summary['ess_bulk'].min():.0f}, "
+                     f"smallest tail ESS {summary['ess_tail'].min():.0f}, divergences {divergences}.")
+    lines += ["Warnings:"] + [f"- {w}" for w in found] if found else ["No warnings."]
+    if warn:
+        for message in found:
+            warnings.warn(message, UserWarning, stacklevel=2)
+    return Diagnosis(summary, found, "\n".join(lines), divergences, weights)

@@ -1,0 +1,1 @@
+"""MAML meta-training and fine-tuning evaluation of a point estimate θ."""

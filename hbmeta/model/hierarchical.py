@@ -1,0 +1,173 @@
+"""The hierarchical-Bayes model over θ as a NumPyro model function.
+
+For a :class:`~hbmeta.ModelSpec` and a :class:`~hbmeta.TaskBatch` of ``T``
+tasks, :func:`build_model` gives the model
+
+    θ ~ N(μ, diag(s²))                               site "theta", shape (P,)
+    log α ~ N(m, v²), α = exp(log α)                 site "log_step_size" (optional)
+    σ ~ HalfNormal(c)                                site "noise" (when not fixed)
+    for each task j (plate "tasks", optionally subsampled):
+        φ̂_j = adapt(θ, S_j; α)                        (vmapped, never stored)
+        y_q ~ N(f_φ̂_j(x_q), σ²) | Categorical(logits = f_φ̂_j(x_q))   site "y", plate "points"
+
+so ``p(θ | tasks) ∝ p(θ) Π_j p(Q_j | φ̂_j(θ))`` (REFERENCE.md §1). The explicit
+variant (``spec.explicit_tau = τ``) has latent ``φ_j ~ N(θ, τ²I)`` (site
+``"phi"`` in the task plate) scored on the support set (site ``"y_support"``,
+plate ``"support_points"``) and on the query set (site ``"y"``).
+
+The task plate is ``dim=-2`` and the point plates ``dim=-1``, so the log
+likelihood of ``"y"`` has shape ``(T, M)``; inside the model ``"phi"`` has shape
+``(T, 1, P)`` (the results of the inference functions squeeze it to ``(T, P)``).
+The model has no deterministic sites (they would make NumPyro re-run the
+model, and so every task's adaptation, once per draw); the results add
+``"step_size" = exp(log_step_size)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from hbmeta.model.spec import ModelSpec
+from hbmeta.tasks.batch import TaskBatch
+
+
+def _concrete(a):
+    """``a`` as a numpy array, or None when it is traced (under jit, grad or vmap)."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None) -> None:
+    """Check that ``tasks`` fit ``spec`` (targets vs likelihood, shapes); raise ``ValueError`` if not.
+
+    Shapes and dtypes are checked always (they are static even under ``jit``);
+    the class-label range only when the labels are concrete arrays.
+    """
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"spec is a {type(spec).__name__}; expected hbmeta.ModelSpec")
+    if not isinstance(tasks, TaskBatch):
+        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch (see hbmeta.make_tasks)")
+    num_tasks = tasks.num_tasks
+    if subsample_size is not None:
+        if int(subsample_size) != subsample_size or not 1 <= subsample_size <= num_tasks:
+            raise ValueError(f"subsample_size={subsample_size!r}; expected an integer in [1, {num_tasks}] (the tasks)")
+    regression = spec.likelihood.regression
+    sides = [("query", tasks.x_query, tasks.y_query)]
+    if spec.explicit_tau is not None:
+        sides.append(("support", tasks.x_support, tasks.y_support))
+    for side, x, y in sides:
+        y_dtype = jnp.asarray(y).dtype if not hasattr(y, "dtype") else y.dtype
+        if regression and not jnp.issubdtype(y_dtype, jnp.floating):
+            raise ValueError(
+                f"y_{side} has dtype {y_dtype} (shape {y.shape}): integer class labels; expected real "
+                "targets for NormalLikelihood (use CategoricalLikelihood for classification)"
+            )
+        if not regression and not jnp.issubdtype(y_dtype, jnp.integer):
+            raise ValueError(
+                f"y_{side} has dtype {y_dtype} (shape {y.shape}): real values; expected integer class "
+                "labels for CategoricalLikelihood (use NormalLikelihood for regression)"
+            )
+        try:
+            out = jax.eval_shape(spec.rule.apply, spec.params, jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+        except Exception as err:  # the user's apply function rejected the inputs
+            raise ValueError(
+                f"the network's apply failed on one task's x_{side} of shape {x.shape[1:]}: {err}"
+            ) from err
+        expected = y.shape[1:] if regression else y.shape[1:] + (out.shape[-1],)
+        if out.shape != expected or (not regression and len(out.shape) != 2):
+            what = "(points, outputs) like y" if regression else "(points, classes) logits"
+            raise ValueError(
+                f"the network maps one task's x_{side} {x.shape[1:]} to shape {out.shape}; "
+                f"expected {expected}, {what}_{side} {y.shape[1:]}"
+            )
+        labels = None if regression else _concrete(y)
+        if labels is not None:
+            if labels.size and (labels.min() < 0 or labels.max() >= out.shape[-1]):
+                raise ValueError(
+                    f"y_{side} has labels in [{labels.min()}, {labels.max()}]; expected labels in "
+                    f"[0, {out.shape[-1] - 1}] for the network's {out.shape[-1]} logits"
+                )
+
+
+def _likelihood(spec, outputs, noise):
+    if spec.likelihood.regression:
+        return dist.Normal(outputs, noise).to_event(1)
+    return dist.Categorical(logits=outputs)
+
+
+def _observe(name, spec, outputs, y, mask, noise, plate_name):
+    fn = _likelihood(spec, outputs, noise)
+    if mask is not None:
+        fn = fn.mask(mask)
+    with numpyro.plate(plate_name, y.shape[1], dim=-1):
+        numpyro.sample(name, fn, obs=y)
+
+
+def build_model(spec: ModelSpec):
+    """The NumPyro model ``model(tasks, *, subsample_size=None)`` of ``spec``.
+
+    ``subsample_size=B`` scores a random subset of ``B`` tasks per call, with
+    the likelihood scaled by ``T/B`` (``numpyro.plate`` subsampling): an
+    unbiased estimate of the full log density for SVI on many tasks. The
+    adapted φ̂_j are computed inside the model (differentiable by every
+    sampler) and never recorded as sites.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from numpyro import handlers
+        >>> from hbmeta import GradientSteps, LinearGaussian, ModelSpec, NormalLikelihood, build_model, linear
+        >>> spec = ModelSpec(GradientSteps(linear().apply, step_size=0.1), {"w": jnp.zeros(2)},
+        ...                  likelihood=NormalLikelihood(noise=0.5))
+        >>> tasks = LinearGaussian(dim=2).sample(jax.random.key(0), 8)
+        >>> tr = handlers.trace(handlers.seed(build_model(spec), 0)).get_trace(tasks)
+        >>> tr["theta"]["value"].shape, tr["y"]["fn"].batch_shape
+        ((2,), (8, 10))
+    """
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"spec is a {type(spec).__name__}; expected hbmeta.ModelSpec")
+    loc, scale = spec.prior_loc_scale()
+    rule, lik = spec.rule, spec.likelihood
+    ssp, tau = spec.step_size_prior, spec.explicit_tau
+
+    # Jitted once per model: NumPyro runs the model eagerly during initialisation (several times), and an
+    # eager lax loop inside the adaptation would otherwise be recompiled at every call. Under an outer
+    # jit/grad/vmap these are ordinary nested, differentiable calls.
+    @jax.jit
+    def adapted_outputs(theta, x_support, y_support, support_mask, x_query, alpha):
+        phi = jax.vmap(lambda x, y, m: rule(spec.unravel(theta), x, y, m, alpha))(x_support, y_support, support_mask)
+        return jax.vmap(rule.apply)(phi, x_query)
+
+    @jax.jit
+    def explicit_outputs(flat_phi, x):
+        return jax.vmap(rule.apply)(jax.vmap(spec.unravel)(flat_phi), x)
+
+    def model(tasks, *, subsample_size=None):
+        check_tasks(spec, tasks, subsample_size=subsample_size)
+        theta = numpyro.sample("theta", dist.Normal(loc, scale).to_event(1))
+        alpha = None
+        if ssp is not None:
+            log_alpha = numpyro.sample("log_step_size", dist.Normal(ssp.loc, ssp.scale))
+            alpha = jnp.exp(log_alpha)  # not a deterministic site: that would make NumPyro replay the model per draw
+        noise = None
+        if lik.regression:
+            noise = lik.noise
+            if noise is None:
+                noise = numpyro.sample("noise", dist.HalfNormal(lik.noise_prior_scale))
+        with numpyro.plate("tasks", tasks.num_tasks, subsample_size=subsample_size, dim=-2) as idx:
+            batch = tasks if subsample_size is None else tasks.take(idx)
+            if tau is None:
+                outputs = adapted_outputs(theta, *batch.support(), batch.x_query, alpha)
+            else:
+                flat = numpyro.sample("phi", dist.Normal(theta, tau).to_event(1))[:, 0, :]  # (B, 1, P) -> (B, P)
+                _observe("y_support", spec, explicit_outputs(flat, batch.x_support), batch.y_support,
+                         batch.support_mask, noise, "support_points")
+                outputs = explicit_outputs(flat, batch.x_query)
+            _observe("y", spec, outputs, batch.y_query, batch.query_mask, noise, "points")
+
+    return model

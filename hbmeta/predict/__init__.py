@@ -1,0 +1,1 @@
+"""Posterior-predictive sampling of adapted models, its summaries and the uncertainty metrics."""

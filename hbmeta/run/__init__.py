@@ -1,0 +1,1 @@
+"""The main job: configuration, building objects from it, the pipeline, run directories and reports."""

@@ -1,0 +1,162 @@
+"""The sections of a run configuration: one frozen dataclass per TOML table, every key typed and checked.
+
+Each field is declared with :func:`~hbmeta.run.config_fields.opt` (default, kind, description, bounds or
+choices); :mod:`hbmeta.run.config` reads the tables into these classes and writes them back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hbmeta.run.config_fields import opt
+
+METHODS = ("nuts", "hmc", "svi", "laplace", "svgd", "maml")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = opt("model", "str", "a short name, used for the run directory")
+    description: str = opt("", "str", "one line shown by `hbmeta models`")
+
+
+@dataclass(frozen=True)
+class TasksSection:
+    num_train: int = opt(100, "int", "|T|: the finite set of training tasks", lo=1)
+    num_test: int = opt(100, "int", "held-out tasks for evaluation", lo=1)
+    num_support: int = opt(5, "int", "support points per task (K shots)", lo=1)
+    num_query: int = opt(10, "int", "query points per training task", lo=1)
+    num_test_query: int = opt(50, "int", "query points per held-out task (scored)", lo=1)
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    kind: str = opt("mlp", "str", "mlp | linear (f(x) = xᵀθ, regression only)", choices=("mlp", "linear"))
+    hidden: tuple = opt((40, 40), "ints", "hidden layer widths (mlp); [] for linear", lo=1)
+    activation: str = opt(
+        "relu", "str", "relu | tanh | gelu | silu | sigmoid | elu",
+        choices=("relu", "tanh", "gelu", "silu", "sigmoid", "elu"),
+    )
+    init: str = opt("he", "str", "he | glorot | lecun | normal", choices=("he", "glorot", "lecun", "normal"))
+
+
+@dataclass(frozen=True)
+class AdaptationSection:
+    step_size: float = opt(0.01, "float", "α, the inner step size", lo=0.0, strict=True)
+    num_steps: int = opt(1, "int", "gradient steps of the estimator φ̂ = θ − α∇L", lo=0, hi=100)
+    first_order: bool = opt(False, "bool", "stop gradients through ∇L (first-order MAML)")
+
+
+@dataclass(frozen=True)
+class PriorSection:
+    loc: float = opt(0.0, "float", "prior mean of every θ entry (when centre = \"zero\")")
+    scale: float = opt(1.0, "float", "prior standard deviation of every θ entry", lo=0.0, strict=True)
+    centre: str = opt("zero", "str", "zero (mean loc) | maml (mean = the MAML θ)", choices=("zero", "maml"))
+    infer_step_size: bool = opt(False, "bool", "infer α with log α ~ N(log step_size, step_size_scale²)")
+    step_size_scale: float = opt(0.5, "float", "prior sd of log α when inferred", lo=0.0, strict=True)
+    explicit_tau: object = opt(
+        "off", "pos_or", "off (gradient-step model) | τ > 0 (explicit φ_j ~ N(θ, τ²I))", sentinel="off"
+    )
+
+
+@dataclass(frozen=True)
+class LikelihoodSection:
+    kind: str = opt("normal", "str", "normal (regression) | categorical (classification)",
+                    choices=("normal", "categorical"))
+    noise: object = opt("inferred", "pos_or", "inferred (σ ~ HalfNormal(noise_prior_scale)) | σ > 0 fixed",
+                        sentinel="inferred")
+    noise_prior_scale: float = opt(1.0, "float", "scale of the HalfNormal prior on σ", lo=0.0, strict=True)
+
+
+@dataclass(frozen=True)
+class MAMLSection:
+    num_iterations: int = opt(10000, "int", "meta-iterations of MAML (Algorithm 1)", lo=1)
+    meta_batch_size: int = opt(25, "int", "tasks per meta-iteration (at most tasks.num_train)", lo=1)
+    learning_rate: float = opt(0.003, "float", "Adam's learning rate for the outer step", lo=0.0, strict=True)
+    clip_norm: float = opt(10.0, "float", "clip the meta-gradient's global norm to this; 0 = no clipping", lo=0.0)
+    learn_step_size: bool = opt(False, "bool", "meta-learn α too (Meta-SGD style, scalar)")
+
+
+@dataclass(frozen=True)
+class NutsSection:
+    num_chains: int = opt(2, "int", "chains", lo=1, hi=64)
+    num_warmup: int = opt(200, "int", "warm-up (adaptation) draws per chain", lo=1)
+    num_samples: int = opt(200, "int", "kept draws per chain", lo=1)
+    max_tree_depth: int = opt(5, "int", "NUTS tree depth cap (≤ 2^depth − 1 leapfrog steps)", lo=1, hi=15)
+    target_accept_prob: float = opt(0.8, "float", "step-size adaptation target", lo=0.0, hi=1.0, strict=True)
+    dense_mass: bool = opt(False, "bool", "dense mass matrix (slow for large θ)")
+
+
+@dataclass(frozen=True)
+class SVISection:
+    guide: str = opt("mean_field", "str", "mean_field | low_rank | full_rank | map",
+                     choices=("mean_field", "low_rank", "full_rank", "map"))
+    rank: int = opt(0, "int", "rank of the low_rank guide; 0 = automatic", lo=0)
+    num_steps: int = opt(3000, "int", "optimisation steps", lo=1)
+    num_draws: int = opt(400, "int", "draws from the fitted guide", lo=1)
+    learning_rate: float = opt(0.003, "float", "Adam's learning rate", lo=0.0, strict=True)
+
+
+@dataclass(frozen=True)
+class LaplaceSection:
+    num_steps: int = opt(500, "int", "MAP optimisation steps", lo=1)
+    num_draws: int = opt(400, "int", "draws from the Gaussian at the MAP", lo=1)
+    optimizer: str = opt("lbfgs", "str", "lbfgs | adam (for the MAP)", choices=("lbfgs", "adam"))
+    learning_rate: float = opt(0.003, "float", "Adam's learning rate (optimizer = adam)", lo=0.0, strict=True)
+
+
+@dataclass(frozen=True)
+class SVGDSection:
+    num_particles: int = opt(10, "int", "particles (BMAML used 10)", lo=2)
+    num_steps: int = opt(2000, "int", "optimisation steps", lo=1)
+    learning_rate: float = opt(0.003, "float", "Adam's learning rate", lo=0.0, strict=True)
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    method: str = opt("nuts", "str", " | ".join(METHODS), choices=METHODS)
+    init: str = opt("maml", "str", "maml (start from the MAML θ) | prior (the method's default start)",
+                    choices=("maml", "prior"))
+    nuts: NutsSection = opt(NutsSection(), "section", "NUTS and HMC settings")
+    svi: SVISection = opt(SVISection(), "section", "stochastic variational inference settings")
+    laplace: LaplaceSection = opt(LaplaceSection(), "section", "Laplace approximation settings")
+    svgd: SVGDSection = opt(SVGDSection(), "section", "Stein variational gradient descent settings")
+
+
+@dataclass(frozen=True)
+class EvaluationSection:
+    finetune_steps: int = opt(10, "int", "MAML fine-tuning curve: query loss after 0..n steps", lo=0, hi=100)
+    num_plot_tasks: int = opt(4, "int", "held-out tasks drawn in the predictive picture", lo=1, hi=16)
+    compare_maml: bool = opt(True, "bool", "also score the MAML point estimate (method maml)")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    seed: int = opt(0, "int", "PRNG seed: a seed reproduces the run", lo=0)
+    toy: bool = opt(False, "bool", "cap every size to a toy value (a run in seconds; for tests)")
+    progress: bool = opt(True, "bool", "print progress of long stages on standard error")
+
+
+SECTIONS = {
+    "model": ModelSection,
+    "tasks": TasksSection,
+    "network": NetworkSection,
+    "adaptation": AdaptationSection,
+    "prior": PriorSection,
+    "likelihood": LikelihoodSection,
+    "maml": MAMLSection,
+    "inference": InferenceSection,
+    "evaluation": EvaluationSection,
+    "run": RunSection,
+}
+
+# Toy sizes: with ``run.toy = true`` every size is capped to these (see Config.effective).
+TOY_CAPS = {
+    # training and held-out batches of the same shape, so that their predictives share one compilation
+    "tasks": {"num_train": 8, "num_test": 8, "num_query": 10, "num_test_query": 10},
+    "maml": {"num_iterations": 30, "meta_batch_size": 4},
+    "inference.nuts": {"num_chains": 2, "num_warmup": 15, "num_samples": 10, "max_tree_depth": 3},
+    "inference.svi": {"num_steps": 30, "num_draws": 10},
+    "inference.laplace": {"num_steps": 30, "num_draws": 10},
+    "inference.svgd": {"num_particles": 4, "num_steps": 30},
+    "evaluation": {"finetune_steps": 3, "num_plot_tasks": 2},
+}

@@ -1,0 +1,262 @@
+"""The main job: meta-train MAML, fit the posterior from MAML's θ, evaluate on held-out tasks, write a run.
+
+:func:`run_pipeline` takes a :class:`~hbmeta.run.config.Config` and does, in order:
+
+1. draw the finite training set (|T| tasks) and the held-out tasks from the family;
+2. meta-train θ with MAML (Algorithm 1) on the training set;
+3. fit the posterior over θ with the configured method, started at MAML's θ;
+4. sample adapted models for the held-out tasks (the posterior predictive) and
+   score them (REFERENCE.md §4), beside MAML's point estimate;
+5. check convergence on invariant functionals; for the linear model, compare
+   the fitted posterior with the exact Gaussian one;
+6. write the run directory (ArviZ NetCDF files, meta-parameters, resolved
+   configuration, metrics, summary, pictures), atomically (see ``_rundir``).
+
+``fit_only=True`` (``hbmeta fit``) stops after step 3 (plus diagnostics), and
+``train_tasks`` replaces the family's training set by the user's own tasks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from hbmeta.run import build as _build
+from hbmeta.run.config import Config
+from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
+from hbmeta.run.rundir import RunWriter, new_run_path
+
+
+class RunResult(NamedTuple):
+    """What :func:`run_pipeline` returns: the run directory ``path``, ``metrics`` (as in metrics.json),
+    the resolved ``config``, the ``posterior`` and MAML's ``maml_params``."""
+
+    path: str
+    metrics: dict
+    config: Config
+    posterior: Any
+    maml_params: Any
+
+
+class _Stages:
+    """Prints one line per stage (``[2/5] fitting the posterior (nuts) ...``) and records timings."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled, self.n = total, enabled, 0
+        self.stream = sys.stderr if stream is None else stream
+        self.timings: dict[str, float] = {}
+        self._start = None
+        self._name = None
+
+    def start(self, name: str, text: str) -> None:
+        self.stop()
+        self.n += 1
+        self._name, self._start = name, time.perf_counter()
+        if self.enabled:
+            print(f"[{self.n}/{self.total}] {text}", file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        if self._name is not None:
+            self.timings[self._name] = round(time.perf_counter() - self._start, 2)
+            self._name = None
+
+
+def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, train_tasks=None, stream=None) -> RunResult:
+    """Run the whole job of ``cfg`` and write its directory; see the module docstring.
+
+    Args:
+        cfg: a resolved configuration (:func:`~hbmeta.load_config`).
+        out: the run directory (must not exist, or be empty); default
+            ``runs_dir/<model>-<timestamp>``.
+        fit_only: stop after the posterior (no held-out evaluation).
+        train_tasks: a :class:`~hbmeta.TaskBatch` of the user's training tasks
+            instead of the family's (implies no held-out evaluation).
+        stream: where progress goes (default standard error).
+
+    Example:
+        >>> import tempfile, os
+        >>> from hbmeta import load_config, run_pipeline
+        >>> cfg = load_config("linear", ["run.progress=false"], toy=True)
+        >>> res = run_pipeline(cfg, out=os.path.join(tempfile.mkdtemp(), "run"))
+        >>> sorted(res.metrics["held_out"])
+        ['maml', 'nuts']
+    """
+    from hbmeta.inference.dispatch import infer, maml_posterior
+    from hbmeta.maml.train import train_maml
+
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg is a {type(cfg).__name__}; expected hbmeta.Config (from hbmeta.load_config)")
+    eff = cfg.effective()
+    if train_tasks is not None:
+        _check_train_tasks(eff, train_tasks)
+    method = eff.inference.method
+    evaluate_held_out = not fit_only and train_tasks is None
+    final_path = new_run_path(cfg.model.name, out=out, runs_dir=runs_dir)
+    stages = _Stages(5 if evaluate_held_out else 4, eff.run.progress, stream)
+    keys = _build.keys(eff.run.seed)
+    writer = RunWriter(final_path)
+    try:
+        stages.start("tasks", "drawing tasks" if train_tasks is None else "checking the training tasks")
+        net = _build.network(eff)
+        train = _build.draw_tasks(_build.train_family(eff), keys["train"], eff.tasks.num_train)[0] \
+            if train_tasks is None else train_tasks
+        test, test_params = None, None
+        if evaluate_held_out:
+            test, test_params = _build.draw_tasks(_build.heldout_family(eff), keys["test"], eff.tasks.num_test)
+
+        stages.start("maml", f"meta-training MAML ({eff.maml.num_iterations} iterations, "
+                             f"meta-batch {min(eff.maml.meta_batch_size, train.num_tasks)} of {train.num_tasks} tasks)")
+        rule = _build.rule(eff, net)
+        maml = train_maml(
+            _build.initial_params(eff, net, keys["init"]), train, rule=rule, key=keys["maml"],
+            num_iterations=eff.maml.num_iterations, optimizer=_build.maml_optimizer(eff),
+            meta_batch_size=min(eff.maml.meta_batch_size, train.num_tasks),
+            learn_step_size=eff.maml.learn_step_size, progress=eff.run.progress,
+        )
+        alpha = float(np.asarray(maml.step_size)) if eff.maml.learn_step_size else None
+        spec = _build.spec(eff, net, maml.params, step_size=alpha)
+        maml_post = maml_posterior(spec, maml.params, train)
+
+        stages.start("posterior", f"fitting the posterior over θ ({method}, {spec.num_params} parameters, "
+                                  f"from {'MAML θ' if eff.inference.init == 'maml' else 'the default start'})")
+        if method == "maml":
+            post = maml_post
+        else:
+            init = maml_post if eff.inference.init == "maml" else None  # θ and σ (RMS residual) of MAML
+            post = infer(spec, train, method=method, key=keys["infer"], init=init, progress=eff.run.progress,
+                         **_build.method_settings(eff))
+
+        metrics = {
+            "model": cfg.model.name, "method": method, "seed": eff.run.seed, "toy": eff.run.toy,
+            "num_parameters": spec.num_params, "num_train_tasks": train.num_tasks,
+            "maml_final_loss": float(np.mean(maml.losses[-max(1, len(maml.losses) // 20):])),
+        }
+        predictives = {}
+        if evaluate_held_out:
+            from hbmeta.predict.metrics import predictive_metrics
+            from hbmeta.predict.predictive import sample_predictive
+
+            stages.start("evaluate", f"sampling adapted models on {test.num_tasks} held-out tasks")
+            predictives[method] = sample_predictive(post, test, key=keys["predict"])
+            held = {method: predictive_metrics(post, test, key=keys["predict"], predictive=predictives[method])}
+            if eff.evaluation.compare_maml and method != "maml":
+                predictives["maml"] = sample_predictive(maml_post, test, key=keys["predict_maml"])
+                held["maml"] = predictive_metrics(maml_post, test, key=keys["predict_maml"],
+                                                  predictive=predictives["maml"])
+            metrics["held_out"] = held
+            metrics["maml_finetune"] = _finetune(maml.params, test, spec.rule, eff.evaluation.finetune_steps)
+
+        stages.start("write", "diagnostics, pictures and files")
+        exact = exact_comparison(eff, spec, post, train)
+        if exact is not None:
+            metrics["exact_posterior"] = exact
+        diagnosis = _write_run(writer, cfg, eff, spec, post, maml, maml_post, train, test, test_params, predictives,
+                               keys, metrics)
+        stages.stop()
+        metrics["timings_s"] = stages.timings
+        writer.write_json("metrics.json", metrics)
+        writer.write_text("summary.txt", summary_text(cfg, eff, metrics, diagnosis, writer.files, final_path))
+        settings = getattr(post, "settings", {})
+        path = writer.commit({"hbmeta_run": 1, "model": cfg.model.name, "method": method,
+                              "settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except BaseException:
+        writer.discard()
+        raise
+    print(final_table(metrics, path, [f for f in writer.files]), file=sys.stdout if stream is None else stream)
+    return RunResult(path, metrics, cfg, post, maml.params)
+
+
+def _write_run(writer, cfg, eff, spec, post, maml, maml_post, train, test, test_params, predictives, keys, metrics):
+    """Every file of the run but metrics.json, summary.txt and the marker; returns the diagnosis text."""
+    import jax
+
+    from hbmeta.diagnostics.arviz import diagnose, save_netcdf, to_arviz
+    from hbmeta.base.files import save_params
+
+    writer.write_text("config.toml", cfg.to_toml())
+    save_params(writer.path("meta_params.npz"), maml.params, model=cfg.model.name,
+                step_size=float(np.asarray(maml.step_size)) if eff.maml.learn_step_size else None,
+                final_loss=metrics["maml_final_loss"])
+    writer.write_arrays("posterior.npz", **{k: v for k, v in post.samples.items() if k != "phi"})
+    writer.write_arrays("maml_losses.npz", losses=maml.losses)
+    reference = _reference(test if test is not None else train)
+    k1, k2 = jax.random.split(keys["arviz"])
+    idata = to_arviz(post, train, reference=reference, key=k1)
+    save_netcdf(idata, writer.path("posterior.nc"))
+    if test is not None:
+        save_netcdf(to_arviz(post, test, predictive=predictives[eff.inference.method], key=k2),
+                    writer.path("heldout.nc"))
+    if post.num_chains * post.num_draws >= 2:
+        diagnosis = diagnose(idata, warn=False)
+        summary = diagnosis.summary
+        metrics["diagnostics"] = {
+            "divergences": diagnosis.divergences,
+            "warnings": list(diagnosis.warnings),
+            "max_rhat": _finite(summary["r_hat"].max()) if "r_hat" in summary else None,
+            "min_ess_bulk": _finite(summary["ess_bulk"].min()) if "ess_bulk" in summary else None,
+        }
+        text = diagnosis.text
+    else:
+        text = f"hbmeta diagnosis: method {post.method}, a single draw: nothing to diagnose."
+        metrics["diagnostics"] = {"divergences": 0, "warnings": [], "max_rhat": None, "min_ess_bulk": None}
+    write_pictures(writer, eff, post, idata, predictives, test, test_params, keys, maml_post=maml_post)
+    return text
+
+
+def _check_train_tasks(cfg: Config, tasks) -> None:
+    """The user's training tasks must fit the configured network and likelihood (checked before any work)."""
+    from hbmeta.tasks.batch import TaskBatch
+
+    if not isinstance(tasks, TaskBatch):
+        raise ValueError(f"train_tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch (see hbmeta.make_tasks)")
+    d = cfg.family.input_dim
+    if tasks.x_support.shape[-1] != d:
+        raise ValueError(f"train_tasks have {tasks.x_support.shape[-1]} input features; expected {d}, "
+                         f"the input size of the configured network (family {cfg.family.name!r})")
+    if cfg.regression:
+        if tasks.y_support.ndim != 3 or tasks.y_support.shape[-1] != 1:
+            raise ValueError(f"train_tasks have targets of shape {tasks.y_support.shape}; expected (tasks, points, 1) "
+                             "real values for the normal likelihood")
+    else:
+        k = cfg.family.output_dim
+        labels = np.concatenate([np.asarray(tasks.y_support).ravel(), np.asarray(tasks.y_query).ravel()])
+        if tasks.y_support.ndim != 2 or labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"train_tasks have targets of shape {tasks.y_support.shape} with values "
+                             f"{labels.min()}..{labels.max()}; expected (tasks, points) class labels 0..{k - 1}")
+
+
+def _finetune(params, tasks, rule, num_steps) -> dict:
+    """MAML's fine-tuning curve on held-out tasks: mean query loss ± 95% CI after 0..n steps.
+
+    Tasks whose loss is not finite (or above 1e6: fine-tuning diverged) are
+    counted in ``diverged`` and left out of the mean.
+    """
+    from hbmeta.maml.evaluate import finetune_losses
+
+    import jax
+
+    per_task = np.asarray(jax.jit(lambda p, t: finetune_losses(p, t, rule=rule, num_steps=num_steps))(params, tasks))
+    ok = np.isfinite(per_task) & (per_task < 1e6)
+    out = {"steps": list(range(num_steps + 1)), "loss": [], "ci95": [], "diverged": []}
+    for s in range(num_steps + 1):
+        v = per_task[ok[:, s], s]
+        out["loss"].append(float(v.mean()) if v.size else None)
+        out["ci95"].append(float(1.96 * v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None)
+        out["diverged"].append(int((~ok[:, s]).sum()))
+    return out
+
+
+def _reference(tasks, num_tasks=4, num_points=5):
+    """A few tasks and query points whose predictions are the invariant functionals of the diagnostics."""
+    t = tasks.take(np.arange(min(num_tasks, tasks.num_tasks)))
+    m = slice(0, min(num_points, t.x_query.shape[1]))
+    return t._replace(x_query=t.x_query[:, m], y_query=t.y_query[:, m],
+                      query_mask=None if t.query_mask is None else t.query_mask[:, m])
+
+
+def _finite(x):
+    x = float(x)
+    return x if np.isfinite(x) else None

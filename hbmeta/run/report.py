@@ -1,0 +1,179 @@
+"""What a run reports: the exact-posterior check, pictures, the final table and summary.txt."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hbmeta.run.config import Config
+
+_ORDER = ("mse", "nll", "calibration_error", "coverage_50", "coverage_90", "coverage_95",
+          "accuracy", "brier", "ece")
+
+
+def exact_comparison(eff: Config, spec, post, train) -> dict | None:
+    """For the linear model with fixed noise: the distance of the fitted posterior to the exact one.
+
+    Returns None when the model is not the closed-form case (an MLP, inferred
+    noise or step size, or the explicit variant).
+    """
+    from hbmeta.model.exact import gaussian_distance, linear_gaussian_posterior
+
+    if eff.network.kind != "linear" or not eff.regression or eff.likelihood.noise == "inferred":
+        return None
+    if eff.prior.infer_step_size or eff.prior.explicit_tau != "off":
+        return None
+    loc, scale = (np.asarray(a, dtype=np.float64) for a in spec.prior_loc_scale())
+    exact = linear_gaussian_posterior(train, step_size=float(spec.rule.step_size), noise=float(eff.likelihood.noise),
+                                      num_steps=spec.rule.num_steps, prior_loc=loc, prior_scale=scale)
+    draws = post.flat("theta")
+    out = {"exact_mean": exact.mean.tolist(), "exact_sd": exact.sd.tolist()}
+    if draws.shape[0] >= 2:
+        out.update(gaussian_distance(draws, exact))
+    else:
+        out["max_mean_diff_sd"] = float(np.max(np.abs(draws[0] - exact.mean) / exact.sd))
+        out["num_draws"] = 1
+    return out
+
+
+def write_pictures(writer, eff: Config, post, idata, predictives: dict, test, test_params, keys,
+                   maml_post=None) -> None:
+    """The PNG pictures of a run (those that apply to its model and method)."""
+    import jax
+
+    from hbmeta.run import build as _build
+    from hbmeta.plots import plot_calibration, plot_predictive_band, plot_rank, plot_reliability, plot_trace
+
+    method = eff.inference.method
+    if post.num_draws * post.num_chains >= 2:
+        plot_trace(idata, writer.path("trace.png"))
+    if method in ("nuts", "hmc") and post.num_draws >= 4:
+        plot_rank(idata, writer.path("rank.png"))
+    if test is None or not predictives:
+        return
+    if eff.regression:
+        plot_calibration(predictives, test, writer.path("calibration.png"),
+                         title=f"calibration on {test.num_tasks} held-out tasks")
+    else:
+        plot_reliability(predictives[method], test, writer.path("reliability.png"),
+                         title=f"reliability on {test.num_tasks} held-out tasks ({method})")
+    fam = _build.heldout_family(eff)
+    if eff.regression and test.x_support.shape[-1] == 1 and hasattr(fam, "x_range"):
+        lo, hi = fam.x_range
+        grid = np.linspace(lo, hi, 200)
+
+        def truth(j, x):
+            p = jax.tree.map(lambda a: a[j], test_params)
+            return np.asarray(fam.function(p, np.asarray(x)[:, None]))
+
+        plot_predictive_band(post, test, writer.path("predictive.png"), x=grid, key=keys["predict"], truth=truth,
+                             num_tasks=eff.evaluation.num_plot_tasks,
+                             title=f"{eff.model.name}: posterior predictive ({method}) on held-out tasks")
+        if maml_post is not None and "maml" in predictives and method != "maml":
+            plot_predictive_band(maml_post, test, writer.path("predictive_maml.png"), x=grid, key=keys["predict"],
+                                 truth=truth, num_tasks=eff.evaluation.num_plot_tasks,
+                                 title=f"{eff.model.name}: MAML point estimate on the same tasks")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def metrics_table(metrics: dict) -> list[str]:
+    """Lines of the held-out metrics table (one column per method)."""
+    held = metrics.get("held_out")
+    if not held:
+        return []
+    cols = list(held)
+    names = [n for n in _ORDER if any(n in held[c] for c in cols)]
+    lines = [f"  {'held-out metric':<20}" + "".join(f"{c:>12}" for c in cols)]
+    for n in names:
+        lines.append(f"  {n:<20}" + "".join(f"{_fmt(held[c].get(n)):>12}" for c in cols))
+    return lines
+
+
+def _diagnostic_line(metrics: dict) -> str | None:
+    d = metrics.get("diagnostics")
+    if not d:
+        return None
+    parts = [f"{d['divergences']} divergences"]
+    if d.get("max_rhat") is not None:
+        parts.append(f"max R-hat {d['max_rhat']:.3f}")
+    if d.get("min_ess_bulk") is not None:
+        parts.append(f"min bulk ESS {d['min_ess_bulk']:.0f}")
+    n = len(d.get("warnings", []))
+    parts.append(f"{n} warning{'s' if n != 1 else ''}" + (" (see summary.txt)" if n else ""))
+    return "diagnostics (invariant functionals): " + ", ".join(parts)
+
+
+def _exact_line(metrics: dict) -> str | None:
+    e = metrics.get("exact_posterior")
+    if not e:
+        return None
+    line = f"fitted vs exact posterior over θ: max |mean diff|/sd = {e['max_mean_diff_sd']:.3f}"
+    if "sd_ratio_min" in e:
+        line += f", sd ratio (fitted/exact) {e['sd_ratio_min']:.3f} to {e['sd_ratio_max']:.3f}"
+    return line + f" ({e['num_draws']} draws)"
+
+
+def final_table(metrics: dict, path: str, files) -> str:
+    """The short report printed at the end of a run."""
+    lines = [f"hbmeta: {metrics['model']} with {metrics['method']}: {metrics['num_parameters']} parameters, "
+             f"{metrics['num_train_tasks']} training tasks" + (" (toy size)" if metrics.get("toy") else "")]
+    lines += metrics_table(metrics)
+    ft = metrics.get("maml_finetune")
+    if ft and len(ft["loss"]) > 1:
+        steps = [s for s in (1, 5, 10) if s < len(ft["loss"])]
+        line = ("  MAML fine-tuning query loss after " + "/".join(map(str, steps)) + f" step{'s' if len(steps) > 1 else ''}: "
+                + " / ".join(_fmt(ft["loss"][s]) for s in steps))
+        if ft["diverged"][steps[-1]]:
+            line += f" ({ft['diverged'][steps[-1]]} tasks diverged, left out)"
+        lines.append(line)
+    for extra in (_diagnostic_line(metrics), _exact_line(metrics)):
+        if extra:
+            lines.append("  " + extra)
+    total = sum(metrics.get("timings_s", {}).values())
+    shown = os.path.relpath(path)
+    shown = path if shown.startswith("..") else shown
+    lines.append(f"  time {total:.0f} s; files in {shown}/:")
+    lines.append("    " + " ".join(sorted(files)))
+    return "\n".join(lines)
+
+
+def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files, path) -> str:
+    """The plain-text summary written to summary.txt."""
+    settings = eff.method_settings()
+    lines = [
+        f"hbmeta run of model {cfg.model.name!r}: {cfg.model.description}",
+        f"configuration: {cfg.source} (resolved copy: config.toml)",
+        f"family {eff.family.name}: {eff.tasks.num_train} training tasks, {eff.tasks.num_test} held-out tasks, "
+        f"{eff.tasks.num_support} support and {eff.tasks.num_query} query points "
+        f"({eff.tasks.num_test_query} on held-out tasks)",
+        f"network {eff.network.kind} {list(eff.network.hidden)}, {metrics['num_parameters']} parameters; "
+        f"adaptation {eff.adaptation.num_steps} step(s) of α = {eff.adaptation.step_size}",
+        f"MAML: {eff.maml.num_iterations} meta-iterations, final meta-loss {metrics['maml_final_loss']:.4f}",
+        f"inference: {eff.inference.method}"
+        + (" (" + ", ".join(f"{f}={getattr(settings, f)}" for f in settings.__dataclass_fields__) + ")"
+           if settings is not None else ""),
+    ]
+    if eff.run.toy:
+        lines.append("toy size: every size capped (run.toy = true); the numbers are not meaningful")
+    lines.append("")
+    lines += metrics_table(metrics)
+    ft = metrics.get("maml_finetune")
+    if ft:
+        lines.append("")
+        lines.append("MAML fine-tuning on held-out tasks (query loss ± 95% CI after n steps):")
+        for s, m, c, n in zip(ft["steps"], ft["loss"], ft["ci95"], ft["diverged"]):
+            lines.append(f"  {s:3d}: {_fmt(m)} ± {_fmt(c)}" + (f"  ({n} tasks diverged, left out)" if n else ""))
+    exact = _exact_line(metrics)
+    if exact:
+        lines += ["", exact]
+    lines += ["", diagnosis, "", "timings (s): " + ", ".join(f"{k} {v}" for k, v in metrics["timings_s"].items())]
+    lines += ["", f"files in {path}:"] + [f"  {f}" for f in sorted(set(files) | {"run.json", "summary.txt"})]
+    return "\n".join(lines) + "\n"
