@@ -1,6 +1,7 @@
 """Ambiguity: do sampled adapted functions show both lines and sines when 2 points allow both?
 
-PLATIPUS's experiment (REFERENCE.md §3) with hbmeta: the SinusoidAndLine
+PLATIPUS's experiment (docs/references.md, task families of the probabilistic
+variants) with hbmeta: the SinusoidAndLine
 family (sines A sin(x − φ), A ~ U[0.1, 5], φ ~ U[0, π]; lines a x + b,
 a, b ~ U[−3, 3]; x ~ U[−5, 5]) with 2 support points per task.
 

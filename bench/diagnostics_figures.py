@@ -1,6 +1,7 @@
 """The pictures in docs/img: predictive band, calibration, trace and rank plots, reliability diagram.
 
-Regression: the MAML sinusoid family with 5 support points (REFERENCE.md §2),
+Regression: the MAML sinusoid family with 5 support points (docs/references.md,
+the MAML sinusoid protocol),
 MAML for ``--maml-iterations`` meta-iterations, then NUTS (4 chains) over θ
 with the prior N(θ_MAML, 0.1²) and an inferred noise scale, on 25 training
 tasks. Pictures: the predictive band on 6 held-out tasks, the calibration

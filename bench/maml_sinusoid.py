@@ -1,4 +1,6 @@
-"""MAML on sinusoids, the paper's protocol exactly (REFERENCE.md §2), timed against a hand-written baseline.
+"""MAML on sinusoids, the paper's protocol exactly, timed against a hand-written baseline.
+
+The protocol and the reported figures: docs/references.md, the MAML sinusoid protocol.
 
 Protocol (Finn et al. 2017, §5.1): y = A sin(x − φ), A ~ U[0.1, 5], φ ~ U[0, π],
 x ~ U[−5, 5]; network 1–40–40–1 ReLU, He initialisation (weights N(0, 2/n_in),

@@ -1,8 +1,10 @@
 """Posterior over θ on sinusoids from a finite task set: MAML vs NUTS, SVI, Laplace and SVGD (issue 3).
 
-Protocol: the MAML sinusoid family (REFERENCE.md §2: y = A sin(x − φ),
+Protocol: the MAML sinusoid family (docs/references.md, the MAML sinusoid
+protocol: y = A sin(x − φ),
 A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5]) with a finite training set of
-|T| = 100 and, separately, 1,000 tasks (BMAML's sizes, REFERENCE.md §3), each
+|T| = 100 and, separately, 1,000 tasks (BMAML's sizes: docs/references.md, task
+families of the probabilistic variants), each
 with 5 support and 5 query points; the 1–40–40–1 ReLU network; one inner step
 with α = 0.01.
 
@@ -16,7 +18,8 @@ with α = 0.01.
   (10 particles).
 - Evaluation on 600 new tasks with 5 support and 50 query points: wall time of
   the fit, predictive MSE, NLL, calibration error and 90% coverage
-  (REFERENCE.md §4, via ``hbmeta.predictive_metrics``); for NUTS the bulk ESS
+  (docs/references.md, uncertainty metrics, via ``hbmeta.predictive_metrics``);
+  for NUTS the bulk ESS
   per second (of the whole run_nuts call, warm-up and compilation included)
   of σ and of the predictions at 10 fixed reference inputs of one reference task.
 

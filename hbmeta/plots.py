@@ -1,8 +1,14 @@
 """Pictures of a posterior and its predictive, written as PNG files (matplotlib, Agg).
 
-matplotlib is imported inside each function, so ``import hbmeta`` stays light;
-figures are built on ``matplotlib.figure.Figure`` (no pyplot, no global
+- :func:`plot_trace`, :func:`plot_rank`: scalar sites and invariant functionals.
+- :func:`plot_predictive_band`: predictive band per task with sampled adapted functions.
+- :func:`plot_calibration`: observed frequency against confidence level (regression).
+- :func:`plot_reliability`: reliability diagram (classification).
+
+Figures are built on ``matplotlib.figure.Figure`` (no pyplot, no global
 backend state) and written atomically. Every function returns the path.
+The numbers printed on the pictures (calibration error, ECE) come from
+:mod:`hbmeta.predict.metrics`, so they equal the run's metrics.
 """
 
 from __future__ import annotations
@@ -13,13 +19,18 @@ import os
 import numpy as np
 
 from hbmeta.base.files import atomic_write
+from hbmeta.predict.metrics import calibration_curve, calibration_error, expected_calibration_error, reliability_curve
+from hbmeta.predict.predictive import Predictive, sample_predictive, summarize, with_query_inputs
+from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.tasks.batch import TaskBatch
+
+__all__ = ["plot_calibration", "plot_predictive_band", "plot_rank", "plot_reliability", "plot_trace"]
 
 _BAND = "#1f77b4"
 
 
 def _figure(rows, cols, *, width=3.4, height=2.6, **kwargs):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (and ArviZ below) only when drawing: hbmeta.plots stays light
 
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
@@ -38,10 +49,9 @@ def _check_path(path):
 
 
 def _quantities(source, tasks, reference, key, max_quantities):
-    from hbmeta.diagnostics.arviz import diagnostic_draws
+    from hbmeta.diagnostics.arviz import diagnostic_draws  # imports ArviZ: only when a trace or rank is drawn
 
-    if int(max_quantities) != max_quantities or max_quantities < 1:
-        raise ValueError(f"max_quantities={max_quantities!r}; expected a positive integer")
+    check_positive_int("max_quantities", max_quantities)
     draws = diagnostic_draws(source, tasks=tasks, reference=reference, key=key)
     names = list(draws)[: int(max_quantities)]
     if not names:
@@ -125,11 +135,8 @@ def plot_predictive_band(posterior, tasks, path, *, x, key, truth=None, num_task
     ``truth`` is given (array ``(T, G)`` on the grid or a callable
     ``truth(task_index, x)``), the true function (dashed).
     """
-    from hbmeta.predict.predictive import sample_predictive, summarize, with_query_inputs
-
     _check_path(path)
-    if not isinstance(tasks, TaskBatch):
-        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch")
+    check_type("tasks", tasks, TaskBatch)
     if tasks.x_support.shape[-1] != 1 or tasks.y_support.ndim != 3 or tasks.y_support.shape[-1] != 1:
         raise ValueError(f"tasks have inputs {tasks.x_support.shape} and targets {tasks.y_support.shape}; "
                          "expected one input feature and one real output for a band plot")
@@ -170,8 +177,6 @@ def plot_predictive_band(posterior, tasks, path, *, x, key, truth=None, num_task
 
 
 def _as_dict(predictives):
-    from hbmeta.predict.predictive import Predictive
-
     if isinstance(predictives, Predictive):
         return {None: predictives}
     if isinstance(predictives, dict) and predictives and all(isinstance(p, Predictive) for p in predictives.values()):
@@ -187,8 +192,6 @@ def plot_calibration(predictive, tasks, path, *, levels=None, title=None) -> str
     label → Predictive to compare several; the diagonal is perfect
     calibration, curves below it are overconfident in the lower tail.
     """
-    from hbmeta.predict.metrics import calibration_curve
-
     _check_path(path)
     fig, axes = _figure(1, 1, width=4.2, height=3.8)
     ax = axes[0, 0]
@@ -198,7 +201,7 @@ def plot_calibration(predictive, tasks, path, *, levels=None, title=None) -> str
             raise ValueError("plot_calibration needs a regression predictive; use plot_reliability for classes")
         q, freq = calibration_curve(pred.mean, pred.noise, tasks.y_query, tasks.query_mask, levels=levels)
         q, freq = np.asarray(q), np.asarray(freq)
-        err = float(np.sqrt(np.mean((freq - q) ** 2)))
+        err = float(calibration_error(pred.mean, pred.noise, tasks.y_query, tasks.query_mask, levels=levels))
         name = f"{label}: " if label is not None else ""
         ax.plot(q, freq, marker="o", ms=3, color=f"C{i}", label=f"{name}calibration error {err:.3f}")
     ax.set_xlabel("confidence level q")
@@ -212,8 +215,6 @@ def plot_calibration(predictive, tasks, path, *, levels=None, title=None) -> str
 
 def plot_reliability(predictive, tasks, path, *, num_bins: int = 15, title=None) -> str:
     """Reliability diagram (classification): accuracy against confidence in equal-width bins, with counts."""
-    from hbmeta.predict.metrics import reliability_curve
-
     _check_path(path)
     pred = _as_dict(predictive)
     if len(pred) != 1 or next(iter(pred.values())).regression:
@@ -223,7 +224,7 @@ def plot_reliability(predictive, tasks, path, *, num_bins: int = 15, title=None)
                                                                    num_bins=num_bins))
     edges = np.linspace(0, 1, num_bins + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, 1 / num_bins
-    ece = float(np.nansum(np.abs(acc - conf) * count) / count.sum())
+    ece = float(expected_calibration_error(pred.probs, tasks.y_query, tasks.query_mask, num_bins=num_bins))
     fig, axes = _figure(2, 1, width=4.6, height=2.3, sharex=True, height_ratios=[3, 1])
     ax = axes[0, 0]
     ax.bar(centres, np.nan_to_num(acc), width=width * 0.95, color=_BAND, alpha=0.8, label="accuracy")

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def x64():
-    """Run a test in float64 (REFERENCE.md's identities hold to machine precision)."""
+    """Run a test in float64 (the identities of docs/references.md hold to machine precision)."""
     with jax.enable_x64(True):
         yield
 

@@ -1,5 +1,6 @@
-"""The gradient-step estimator: REFERENCE.md §1's identity, second-order and first-order
-meta-gradients, masks and padding, per-parameter step sizes, and compile-once behaviour."""
+"""The gradient-step estimator: the implicit Gaussian prior of gradient steps (docs/references.md),
+second-order and first-order meta-gradients, masks and padding, per-parameter step sizes, and
+compile-once behaviour."""
 
 import jax
 import jax.numpy as jnp

@@ -46,7 +46,7 @@ def mlp_spec():
     return hb.ModelSpec(hb.GradientSteps(net.apply, step_size=0.05), theta, likelihood=hb.NormalLikelihood()), theta
 
 
-REFERENCE = hb.make_tasks(np.linspace(-1, 1, 6).reshape(2, 3, 1), np.zeros((2, 3, 1)),
+REF_TASKS = hb.make_tasks(np.linspace(-1, 1, 6).reshape(2, 3, 1), np.zeros((2, 3, 1)),
                           np.linspace(-2, 2, 6).reshape(2, 3, 1), np.zeros((2, 3, 1)))
 
 
@@ -153,13 +153,13 @@ def test_diagnose_passes_on_iid_draws_and_explains_weights(mlp_spec):
     post = iid_posterior(spec, theta, permute_chains=(2, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        d = hb.diagnose(post, reference=REFERENCE, key=0)
+        d = hb.diagnose(post, reference=REF_TASKS, key=0)
     assert d.warnings == [] and d.divergences == 0
     assert d.weights_rhat > 1.5  # raw-weight R-hat is far above 1 ...
     assert d.summary["r_hat"].max() < 1.01  # ... while every functional agrees
     assert d.summary["ess_bulk"].min() > 400 and len(d.summary) == 1 + 2 * 3
     assert "not identifiable" in d.text and "expected and not a problem" in d.text
-    idata = hb.to_arviz(post, REFERENCE, reference=REFERENCE, key=0)
+    idata = hb.to_arviz(post, REF_TASKS, reference=REF_TASKS, key=0)
     d2 = hb.diagnose(idata, warn=False)
     np.testing.assert_allclose(d2.summary["r_hat"].values, d.summary["r_hat"].values)
 
@@ -171,7 +171,7 @@ def test_diagnose_warns_in_plain_words(mlp_spec):
     stats["diverging"][1, :3] = True
     stuck = stuck._replace(sample_stats=stats)
     with pytest.warns(UserWarning) as record:
-        d = hb.diagnose(stuck, reference=REFERENCE, key=0)
+        d = hb.diagnose(stuck, reference=REF_TASKS, key=0)
     messages = [str(r.message) for r in record]
     assert any("R-hat is above 1.01" in m and "noise" in m for m in messages)
     assert any("Effective sample size" in m for m in messages)
@@ -182,13 +182,13 @@ def test_diagnose_warns_in_plain_words(mlp_spec):
 def test_diagnose_non_mcmc_and_errors(mlp_spec):
     spec, theta = mlp_spec
     post = iid_posterior(spec, theta, chains=1, draws=64, method="svi")
-    d = hb.diagnose(post, reference=REFERENCE, key=0)  # 64 draws: ESS < 400, but SVI draws are not a chain
+    d = hb.diagnose(post, reference=REF_TASKS, key=0)  # 64 draws: ESS < 400, but SVI draws are not a chain
     assert d.warnings == [] and "Convergence checks apply to MCMC" in d.text
     bare = post._replace(samples={"theta": post.samples["theta"]})
     with pytest.raises(ValueError, match="nothing to diagnose"):
         hb.diagnose(bare)
     with pytest.raises(ValueError, match="expected hbmeta.Posterior"):
-        hb.to_arviz(post.samples, REFERENCE)
+        hb.to_arviz(post.samples, REF_TASKS)
     with pytest.raises(ValueError, match="predictive has y of shape"):
         wrong = hb.Predictive(np.zeros((1, 64, 1, 3, 1)), None, np.zeros((1, 64, 1, 3, 1)), np.ones((1, 64)), None, None)
-        hb.to_arviz(post, REFERENCE, predictive=wrong)
+        hb.to_arviz(post, REF_TASKS, predictive=wrong)

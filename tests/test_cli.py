@@ -22,7 +22,8 @@ import pytest
 
 import hbmeta as hb
 from hbmeta.cli.main import main
-from hbmeta.run.config import load_config, model_names
+from hbmeta.models import names as model_names
+from hbmeta.run.config import load_config
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "hbmeta")
 HBMETA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "hbmeta.cli.main"]
@@ -169,7 +170,7 @@ RUN_FILES = {"config.toml", "meta_params.npz", "posterior.npz", "posterior.nc", 
 
 @pytest.mark.parametrize("name", ["sinusoid", "sinusoid_line", "linear", "blobs"])
 def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
-    assert set(model_names()) == {"sinusoid", "sinusoid_line", "linear", "blobs"}
+    assert set(model_names()) == {"sinusoid", "sinusoid_line", "linear", "blobs", "radon", "sleepstudy"}
     base, out, err = _finished(jobs, name)
     run = _run_dir(base, name)
     files = set(os.listdir(run))
@@ -326,7 +327,7 @@ def test_an_exception_or_ctrl_c_removes_the_partial_run(tmp_path, monkeypatch, c
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["run", "nosuch"], "unknown model 'nosuch'; expected one of blobs, linear, sinusoid, sinusoid_line"),
+        (["run", "nosuch"], "unknown model 'nosuch'; expected one of blobs, linear, radon, sinusoid, sinusoid_line, sleepstudy"),
         (["run", "bad.toml"], "bad.toml: malformed TOML: "),
         (["run", "sinusoid", "--set", "inference.nuts.num_samples=abc"],
          "override inference.nuts.num_samples=abc: inference.nuts.num_samples = 'abc'; expected an integer >= 1"),
@@ -370,8 +371,9 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["run", "nosuch", "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and err.endswith("hbmeta: error: unknown model 'nosuch'; "
-                                                                      "expected one of blobs, linear, sinusoid, "
-                                                                      "sinusoid_line or a path to a .toml file\n")
+                                                                      "expected one of blobs, linear, radon, sinusoid, "
+                                                                      "sinusoid_line, sleepstudy or a path to a "
+                                                                      ".toml file\n")
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["fit"], ["predict"], ["diagnose"], ["models"]])
@@ -384,7 +386,7 @@ def test_help_on_every_command_has_examples(capsys, command):
 def test_models_lists_the_ready_made_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ["blobs", "linear", "sinusoid", "sinusoid_line"]
+    assert [line.split()[0] for line in out] == ["blobs", "linear", "radon", "sinusoid", "sinusoid_line", "sleepstudy"]
     assert all(len(line.split(maxsplit=1)) == 2 for line in out)
 
 

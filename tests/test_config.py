@@ -14,11 +14,11 @@ from hbmeta.run.config import (
     Config,
     from_dict,
     load_config,
-    model_names,
     parse_override,
 )
+from hbmeta.models import names as model_names
 
-MODELS = ["blobs", "linear", "sinusoid", "sinusoid_line"]
+MODELS = ["blobs", "linear", "radon", "sinusoid", "sinusoid_line", "sleepstudy"]
 
 
 def test_the_ready_made_models_are_shipped():
@@ -94,7 +94,7 @@ def test_bad_files_name_the_file_the_key_and_what_is_allowed(tmp_path, text, fra
 
 
 def test_unknown_model_and_missing_file():
-    with pytest.raises(ValueError, match=r"unknown model 'nope'; expected one of blobs, linear, sinusoid"):
+    with pytest.raises(ValueError, match=r"unknown model 'nope'; expected one of blobs, linear, radon, sinusoid"):
         load_config("nope")
     with pytest.raises(ValueError, match=r"config file 'no/such.toml' does not exist"):
         load_config("no/such.toml")
@@ -110,7 +110,7 @@ def test_overrides_are_typed_validated_and_named():
         load_config("sinusoid", ["inference.nuts.num_samples=abc"])
     with pytest.raises(ValueError, match=r"^override maml.nope=1: unknown key maml.nope"):
         load_config("sinusoid", ["maml.nope=1"])
-    with pytest.raises(ValueError, match=r"^--seed -1: run.seed = -1; expected an integer >= 0"):
+    with pytest.raises(ValueError, match=r"^seed=-1: run.seed = -1; expected an integer >= 0"):
         load_config("sinusoid", seed=-1)
     with pytest.raises(ValueError, match=r"expected section.key=value"):
         load_config("sinusoid", ["inference.method"])
@@ -163,7 +163,7 @@ def test_written_config_says_where_it_came_from_and_has_comments():
     text = load_config("linear", ["run.seed=3"]).to_toml()
     assert text.startswith("# hbmeta run configuration")
     assert text.splitlines()[1] == "# Resolved from: model linear (linear.toml) with override run.seed=3"
-    assert 'method = "nuts"  # nuts | hmc | svi | laplace | svgd | maml' in text
+    assert 'method = "nuts"  # nuts | hmc | svi | laplace | svgd | ensemble | maml' in text
 
 
 def test_config_is_frozen():

@@ -1,4 +1,6 @@
-"""Every inference method against the closed-form posterior over θ (REFERENCE.md §1).
+"""Every inference method against the closed-form posterior over θ.
+
+The closed form: docs/references.md, linear-Gaussian tasks.
 
 Model: f_θ(x) = xᵀθ, inner loss L_j(θ) = (1/K) Σ_k (y_k − x_kᵀθ)², n gradient
 steps of size α, noise σ fixed, prior θ ~ N(μ₀, s²I). One step is the affine map

@@ -1,4 +1,7 @@
-"""Uncertainty metrics against closed forms and Monte Carlo error bounds (REFERENCE.md §4)."""
+"""Uncertainty metrics against closed forms and Monte Carlo error bounds.
+
+The definitions: docs/references.md, uncertainty metrics.
+"""
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """The NumPyro model of build_model: sites, log density against hand-computed values, validation.
 
 The reference log densities are written out here from the model's definition
-(REFERENCE.md §1): for the linear model f_θ(x) = xᵀθ with the mean-squared
+(docs/references.md, linear-Gaussian tasks): for the linear model f_θ(x) = xᵀθ with the mean-squared
 inner loss, one gradient step gives φ̂ = θ + (2α/K) Xᵀ(y − Xθ).
 """
 

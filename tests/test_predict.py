@@ -45,7 +45,8 @@ def reg():
 
 
 def test_linear_one_step_matches_closed_form_and_noise_is_per_draw():
-    # REFERENCE.md §1: one step on mean squared error gives φ̂ = Aθ + b, A = I − (2α/K)XᵀX, b = (2α/K)Xᵀy.
+    # docs/references.md, linear-Gaussian tasks: one step on mean squared error gives φ̂ = Aθ + b,
+    # A = I − (2α/K)XᵀX, b = (2α/K)Xᵀy.
     spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.1), {"w": jnp.zeros(3)},
                         likelihood=hb.NormalLikelihood())
     tasks = numpy_tasks(4, 6, 400, d=3, seed=1)

@@ -1,7 +1,7 @@
 """Tasks sharded over 2 simulated CPU devices give the same meta-gradient as on one device.
 
-STACK_NOTES.md's trap: a gradient taken inside shard_map with respect to a replicated θ sums
-the inner gradients across devices, mixing tasks. hbmeta shards the task axis and lets jit
+The trap of docs/references.md (the software stack): a gradient taken inside shard_map with
+respect to a replicated θ sums the inner gradients across devices, mixing tasks. hbmeta shards the task axis and lets jit
 partition the vmapped computation; these tests would catch a mixed-up inner step, since the
 tasks on the two devices have very different inner gradients.
 """

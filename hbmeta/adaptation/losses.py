@@ -22,7 +22,8 @@ def mse(predictions, targets, mask=None):
     """Mean squared error over the (real) points of a task.
 
     ``L = (1/K) Σ_k ||f(x_k) − y_k||² / o`` for ``o`` outputs; with one output
-    this is REFERENCE.md's ``mean over K points of (y − f(x))²``.
+    this is the MAML protocol's ``mean over K points of (y − f(x))²``
+    (docs/references.md).
 
     Example:
         >>> import jax.numpy as jnp

@@ -12,6 +12,8 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from hbmeta.base.validate import check_positive
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
@@ -61,8 +63,7 @@ def mlp(sizes: Sequence[int], *, activation="relu", init="he", init_scale: float
         raise ValueError(f"activation={activation!r}; expected one of {sorted(ACTIVATIONS)} or a callable")
     if init not in INITIALISATIONS:
         raise ValueError(f"init={init!r}; expected one of {list(INITIALISATIONS)}")
-    if not init_scale > 0:
-        raise ValueError(f"init_scale={init_scale}; expected a positive number")
+    check_positive("init_scale", init_scale)
 
     def init_fn(key):
         params = []

@@ -12,7 +12,11 @@ import os
 import sys
 import traceback
 
-from hbmeta.run.config_sections import METHODS
+from hbmeta import __version__, models
+from hbmeta.inference.registry import METHODS
+
+# imports inside functions: each command imports the stages it needs in the function that runs it, so that
+# `hbmeta --help`, `hbmeta run --help` and `hbmeta models` load no JAX, NumPyro, ArviZ or matplotlib.
 
 _RUN_EXAMPLES = """examples:
   hbmeta run                                   the built-in sinusoid model (about 2 minutes on a laptop CPU)
@@ -63,8 +67,6 @@ def _parser() -> argparse.ArgumentParser:
                        "  hbmeta models                  the ready-made models\n"
                        "  hbmeta predict RUN --support my_points.csv\n\n"
                        "Run `hbmeta COMMAND --help` for each command's options and examples.")
-    from hbmeta import __version__
-
     p.add_argument("--version", action="version", version=f"hbmeta {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -94,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="adapted predictions for your own support set from a finished run",
                         description="Adapt every posterior draw to your support set and predict query inputs.")
     pr.add_argument("run", metavar="RUN", help="a run directory written by `hbmeta run` or `hbmeta fit`")
-    pr.add_argument("--support", required=True, metavar="FILE", help="support set (.csv or .npz)")
+    pr.add_argument("--support", required=True, metavar="FILE", help="support set (.csv or .npz; for a run on a [data] table: "
+                                                                     "a .csv/.parquet table of the new group's rows)")
     pr.add_argument("--query", metavar="FILE", help="query inputs (.csv or .npz; default: a grid for 1-D inputs, "
                                                     "else the support inputs)")
     pr.add_argument("--out", metavar="FILE.csv", help="write the predictions here (default: standard output)")
@@ -171,10 +174,15 @@ def _fast_compile() -> None:
 def _cmd_job(a, *, fit_only: bool) -> int:
     from hbmeta.run.config import load_config
     from hbmeta.run.pipeline import run_pipeline
+    from hbmeta.run.rundir import RunDirectoryExists
 
     source, overrides = _split_args(a.args)
     overrides = overrides + list(a.overrides) + (["run.progress=false"] if a.quiet else [])
-    cfg = load_config(source, overrides, method=a.method, seed=a.seed, toy=a.toy)
+    # The flags as overrides that carry their own names, so an error says "--seed -1: ..."
+    flags = [(f"inference.method={a.method}", f"--method {a.method}")] if a.method is not None else []
+    flags += [(f"run.seed={a.seed}", f"--seed {a.seed}")] if a.seed is not None else []
+    flags += [("run.toy=true", "--toy")] if a.toy else []
+    cfg = load_config(source, overrides + flags)
     if cfg.run.toy:
         _fast_compile()
     _use_cpu_cores()  # both before JAX starts: reading the tasks below starts it
@@ -183,7 +191,11 @@ def _cmd_job(a, *, fit_only: bool) -> int:
         from hbmeta.cli.userdata import read_tasks
 
         train_tasks = read_tasks(a.tasks, input_dim=cfg.family.input_dim)
-    run_pipeline(cfg, out=a.out, fit_only=fit_only, train_tasks=train_tasks)
+    try:
+        run_pipeline(cfg, out=a.out, fit_only=fit_only, train_tasks=train_tasks)
+    except RunDirectoryExists as e:
+        raise CommandError(f"--out {e.path!r} already exists and is not an empty directory; "
+                           "expected a new directory") from None
     return 0
 
 
@@ -208,9 +220,10 @@ def _cmd_diagnose(a) -> int:
         print(d.summary.to_string(float_format=lambda v: f"{v:.4g}"))
     out = a.out or os.path.join(a.run, "diagnose")
     written = []
-    if info.get("method") != "maml":
+    kind = METHODS[info["method"]].kind if info.get("method") in METHODS else None
+    if kind != "point":
         written.append(plot_trace(idata, os.path.join(out, "trace.png")))
-        if info.get("method") in ("nuts", "hmc"):
+        if kind == "mcmc":
             written.append(plot_rank(idata, os.path.join(out, "rank.png")))
     if written:
         print("\npictures: " + " ".join(written))
@@ -229,15 +242,8 @@ class _pandas_width:
 
 
 def _cmd_models(a) -> int:
-    import tomllib
-    from importlib import resources
-
-    from hbmeta.run.config import model_names
-
-    for name in model_names():
-        text = resources.files("hbmeta.models").joinpath(f"{name}.toml").read_text("utf-8")
-        desc = tomllib.loads(text).get("model", {}).get("description", "")
-        print(f"{name:<16} {desc}")
+    for name in models.names():
+        print(f"{name:<16} {models.description(name)}")
     return 0
 
 

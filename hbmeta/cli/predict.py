@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import sys
 
+import jax
 import numpy as np
+
+from hbmeta.cli.table_predict import predict_table
+from hbmeta.cli.userdata import read_query, read_support, write_csv
+from hbmeta.plots import plot_predictive_band
+from hbmeta.predict.predictive import sample_predictive, summarize, with_query_inputs
+from hbmeta.run import build as _build
+from hbmeta.run.rundir import load_run
+from hbmeta.tasks.batch import make_tasks
 
 
 def predict_command(run, *, support, query=None, out=None, plot=None, seed: int = 0, stream=None) -> np.ndarray:
     """Read the run and the files, predict, write CSV (``out`` or ``stream``); returns the table."""
-    import jax
-
-    from hbmeta.run import build as _build
-    from hbmeta.predict.predictive import sample_predictive, summarize, with_query_inputs
-    from hbmeta.run.rundir import load_run
-    from hbmeta.tasks.batch import make_tasks
-    from hbmeta.cli.userdata import read_query, read_support, write_csv
-
     loaded = load_run(run)
+    if loaded.scaler is not None:  # a run on a [data] table: the support file is a table of the run's columns
+        return predict_table(loaded, support=support, query=query, out=out, plot=plot, seed=seed, stream=stream)
     cfg = loaded.config
     d = cfg.family.input_dim
     x, y = read_support(support, input_dim=d, regression=cfg.regression,
@@ -35,8 +38,8 @@ def predict_command(run, *, support, query=None, out=None, plot=None, seed: int 
                          + ("" if cfg.regression else " and class labels"))
     if query is not None:
         xq = read_query(query, input_dim=d)
-    elif d == 1 and hasattr(_build.train_family(cfg), "x_range"):
-        lo, hi = _build.train_family(cfg).x_range
+    elif d == 1 and hasattr(family := _build.train_family(cfg), "x_range"):
+        lo, hi = family.x_range
         xq = np.linspace(lo, hi, 101, dtype=np.float32)[:, None]
     else:
         xq = x
@@ -58,8 +61,6 @@ def predict_command(run, *, support, query=None, out=None, plot=None, seed: int 
     rows = [[float(v) if j != d or cfg.regression else int(v) for j, v in enumerate(r)] for r in table]
     write_csv(out if out is not None else (sys.stdout if stream is None else stream), header, rows)
     if plot is not None:
-        from hbmeta.plots import plot_predictive_band
-
         band_x = np.linspace(float(xq.min()), float(xq.max()), max(len(xq), 2))
         plot_predictive_band(loaded.posterior, tasks, plot, x=band_x, key=key, num_tasks=1,
                              title=f"{cfg.model.name}: predictive for your support set")

@@ -19,6 +19,9 @@ import os
 
 import numpy as np
 
+from hbmeta.base.files import atomic_write
+from hbmeta.tasks.batch import make_tasks
+
 
 def _read_csv(path) -> np.ndarray:
     rows = []
@@ -103,8 +106,6 @@ def read_query(path, *, input_dim: int) -> np.ndarray:
 
 def read_tasks(path, *, input_dim: int):
     """A :class:`~hbmeta.TaskBatch` from an ``.npz`` with the arrays of :func:`~hbmeta.make_tasks`."""
-    from hbmeta.tasks.batch import make_tasks
-
     path, ext = _check_file(path, "tasks")
     if ext != ".npz":
         raise ValueError(f"tasks file {path!r}; expected an .npz with x_support, y_support, x_query, y_query")
@@ -126,8 +127,6 @@ def read_tasks(path, *, input_dim: int):
 
 def write_csv(path_or_stream, header, rows) -> None:
     """Write a header and rows of numbers as CSV to a path (atomically) or an open stream."""
-    from hbmeta.base.files import atomic_write
-
     def emit(fh):
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(header)

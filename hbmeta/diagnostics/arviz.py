@@ -20,14 +20,23 @@ import numpy as np
 
 from hbmeta.base.files import atomic_write
 from hbmeta.model.posterior import Posterior
-from hbmeta.predict.predictive import Predictive, as_key, sample_predictive
+from hbmeta.base.jax_checks import as_key
+from hbmeta.base.validate import check_type
+from hbmeta.predict.predictive import Predictive, sample_predictive
 from hbmeta.tasks.batch import TaskBatch
+
+with warnings.catch_warnings():
+    # ArviZ 0.23 prints a once-a-day notice of its coming 1.0 refactor when imported; hbmeta supports both
+    # versions (see _v1), so the notice would only puzzle a user of the command line.
+    warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    import arviz
 
 MCMC_METHODS = ("nuts", "hmc")
 _STAT_NAMES = {"potential_energy": "lp", "accept_prob": "acceptance_rate", "num_steps": "n_steps"}
 NOT_IDENTIFIABLE = (
     "Raw network weights θ are not identifiable: hidden units can be permuted and their signs flipped "
-    "without changing any prediction (REFERENCE.md §5), so chains can settle in equivalent modes with "
+    "without changing any prediction (docs/references.md, convergence diagnostics and non-identifiable "
+    "weights), so chains can settle in equivalent modes with "
     "R-hat far above 1 on the weights while every prediction agrees. The checks therefore use invariant "
     "functionals: the scalar sites (noise, step size) and predictions at fixed reference inputs of "
     "reference tasks."
@@ -35,8 +44,6 @@ NOT_IDENTIFIABLE = (
 
 
 def _az():
-    import arviz
-
     return arviz
 
 
@@ -47,7 +54,7 @@ def _v1(az) -> bool:
 def _is_idata(obj) -> bool:
     az = _az()
     if _v1(az):
-        import xarray
+        import xarray  # only with ArviZ >= 1, which brings it
 
         return isinstance(obj, xarray.DataTree)
     return isinstance(obj, az.InferenceData)
@@ -97,8 +104,7 @@ def _posterior_vars(posterior: Posterior, reference, key):
     if "phi" in data and data["phi"].ndim == 4:
         dims["phi"] = ["fitted_task", "parameter"]
     if reference is not None:
-        if not isinstance(reference, TaskBatch):
-            raise ValueError(f"reference is a {type(reference).__name__}; expected hbmeta.TaskBatch or None")
+        check_type("reference", reference, TaskBatch, hint=" or None")
         data["reference_prediction"] = _reference_values(posterior, reference, key)
         last = "output" if posterior.spec.likelihood.regression else "class"
         dims["reference_prediction"] = ["reference_task", "reference_point", last]
@@ -110,7 +116,8 @@ def _task_log_likelihood(pred: Predictive, tasks: TaskBatch) -> np.ndarray:
     w = np.ones(tasks.y_query.shape[:2]) if tasks.query_mask is None else np.asarray(tasks.query_mask, float)
     if pred.regression:
         mu = np.asarray(pred.mean, np.float64)
-        sd = np.asarray(pred.noise, np.float64)[:, :, None, None, None]
+        sd = np.asarray(pred.noise, np.float64)
+        sd = sd[:, :, None, None, None] if sd.ndim == 2 else sd  # (C, S) σˢ or per point (task-level option)
         y = np.asarray(tasks.y_query, np.float64)
         logp = -0.5 * np.log(2 * np.pi * sd**2) - 0.5 * np.square((y - mu) / sd)
         per_point = np.sum(np.where(w[..., None] > 0, logp, 0.0), axis=-1)
@@ -156,10 +163,8 @@ def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predicti
         >>> dict(idata.log_likelihood["y"].sizes)
         {'chain': 2, 'draw': 10, 'task': 3}
     """
-    if not isinstance(posterior, Posterior):
-        raise ValueError(f"posterior is a {type(posterior).__name__}; expected hbmeta.Posterior")
-    if not isinstance(tasks, TaskBatch):
-        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch")
+    check_type("posterior", posterior, Posterior)
+    check_type("tasks", tasks, TaskBatch)
     k_pred, k_ref = jax.random.split(_check_key(key))
     if predictive is None:
         predictive = sample_predictive(posterior, tasks, key=k_pred)
@@ -226,7 +231,7 @@ def load_netcdf(path):
         if hasattr(az, "from_netcdf"):
             data = az.from_netcdf(path)
         else:
-            import xarray
+            import xarray  # only with ArviZ >= 1, which brings it
 
             data = xarray.open_datatree(path)
         return data.load() if hasattr(data, "load") else data

@@ -17,22 +17,14 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions import biject_to
 
+import optax
+
+from hbmeta.base.jax_checks import as_key  # noqa: F401  (re-exported: the methods' checks in one import)
+from hbmeta.base.validate import check_choice, check_int  # noqa: F401  (likewise)
+from hbmeta.inference import registry
 from hbmeta.maml.train import MAMLResult
 from hbmeta.model.posterior import Posterior
 from hbmeta.model.spec import ModelSpec
-
-
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` as an int, or ``ValueError`` if it is not an integer ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}")
-    return int(value)
-
-
-def check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not known; expected one of {list(choices)}")
-    return value
 
 
 def check_optimizer(optimizer):
@@ -45,13 +37,24 @@ def check_optimizer(optimizer):
     return optimizer
 
 
-def as_key(key):
-    """A JAX PRNG key from a key or an int seed."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if not isinstance(key, jax.Array):
-        raise ValueError(f"key is a {type(key).__name__}; expected a JAX PRNG key (jax.random.key(0)) or an int")
-    return key
+def make_optimizer(name: str, learning_rate: float | None = None):
+    """The optax optimiser called ``name`` (``"adam"``, ``"adagrad"``, ``"sgd"`` …) with ``learning_rate``.
+
+    ``"lbfgs"`` is L-BFGS with a backtracking (Armijo) line search: fast on a
+    deterministic potential and quick to compile; it takes no learning rate.
+    """
+    if name == "lbfgs":
+        return optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=20))
+    factory = getattr(optax, name, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"optimizer={name!r} is not an optax optimiser; expected e.g. 'adam', 'adagrad' or 'lbfgs'")
+    return factory(learning_rate)
+
+
+def default_optimizer(method: str):
+    """``(optimizer, description)``: the default optax optimiser of ``method`` from the method registry."""
+    name, rate = registry.get(method).optimizer
+    return make_optimizer(name, rate), name if rate is None else f"{name}({rate:g})"
 
 
 def init_values(spec: ModelSpec, init, num_tasks: int) -> dict | None:

@@ -16,32 +16,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hbmeta.inference.laplace import run_laplace
-from hbmeta.inference.nuts import run_nuts
-from hbmeta.inference.svgd import run_svgd
-from hbmeta.inference.svi import run_svi
+from hbmeta.base.jax_checks import check_tree
+from hbmeta.base.validate import check_positive
+from hbmeta.inference import registry
 from hbmeta.inference.common import make_posterior
 from hbmeta.model.hierarchical import check_tasks
 from hbmeta.model.posterior import Posterior
 from hbmeta.model.spec import ModelSpec
 
-METHODS = {"nuts": run_nuts, "hmc": run_nuts, "svi": run_svi, "laplace": run_laplace, "svgd": run_svgd}
 
-
-def _allowed_settings(method: str) -> list[str]:
-    params = inspect.signature(METHODS[method]).parameters
-    names = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "key"]
-    if method == "hmc":
-        names = [n for n in names if n not in ("kernel", "max_tree_depth")]
-    return names
+def allowed_settings(method: str) -> list[str]:
+    """The keyword settings :func:`infer` accepts for ``method`` (its function's, less those it fixes)."""
+    m = registry.get(method)
+    params = inspect.signature(m.load()).parameters
+    return [n for n, p in params.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "key" and n not in m.fixed
+            and not (n == "max_tree_depth" and m.fixed.get("kernel") == "hmc")]
 
 
 def infer(spec: ModelSpec, tasks, *, method: str, key, **settings) -> Posterior:
-    """The posterior over θ by ``method``: ``"nuts"``, ``"hmc"``, ``"svi"``, ``"laplace"`` or ``"svgd"``.
+    """The posterior over θ by ``method``, one of the names in :data:`hbmeta.inference.registry.METHODS`.
 
-    ``settings`` are the method's keyword arguments (see :func:`~hbmeta.run_nuts`,
-    :func:`~hbmeta.run_svi`, :func:`~hbmeta.run_laplace`, :func:`~hbmeta.run_svgd`).
-    An unknown method or setting raises ``ValueError`` before any compilation.
+    ``"nuts"``, ``"hmc"``, ``"svi"``, ``"laplace"``, ``"svgd"``, ``"ensemble"``
+    call :func:`~hbmeta.run_nuts`, :func:`~hbmeta.run_svi`,
+    :func:`~hbmeta.run_laplace`, :func:`~hbmeta.run_svgd` and
+    :func:`~hbmeta.run_ensemble` with ``settings`` as their keyword arguments;
+    ``"maml"`` wraps the point estimate given as ``init`` (a params pytree or a
+    :class:`~hbmeta.MAMLResult`) with :func:`maml_posterior`. An unknown
+    method or setting raises ``ValueError`` before any compilation.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -54,15 +56,23 @@ def infer(spec: ModelSpec, tasks, *, method: str, key, **settings) -> Posterior:
         >>> post.method, post.samples["theta"].shape
         ('laplace', (1, 10, 2))
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not known; expected one of {list(METHODS)}")
-    allowed = _allowed_settings(method)
+    m = registry.get(method)
+    if m.kind == "point":
+        unknown = sorted(set(settings) - {"init", "noise", "step_size", "progress"})
+        if unknown:
+            raise ValueError(f"settings {unknown} are not known for method={method!r}; expected some of "
+                             "['init', 'noise', 'step_size']")
+        init = settings.get("init")
+        if init is None:
+            raise ValueError("method='maml' needs init=: the MAML θ (a params pytree or a hbmeta.MAMLResult)")
+        params = getattr(init, "params", init)
+        return maml_posterior(spec, params, tasks, noise=settings.get("noise"),
+                              step_size=settings.get("step_size", getattr(init, "step_size", None)))
+    allowed = allowed_settings(method)
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
         raise ValueError(f"settings {unknown} are not known for method={method!r}; expected some of {allowed}")
-    if method == "hmc":
-        settings = dict(settings, kernel="hmc")
-    return METHODS[method](spec, tasks, key=key, **settings)
+    return m.load()(spec, tasks, key=key, **settings, **m.fixed)
 
 
 def maml_posterior(spec: ModelSpec, params, tasks, *, noise=None, step_size=None) -> Posterior:
@@ -84,14 +94,11 @@ def maml_posterior(spec: ModelSpec, params, tasks, *, noise=None, step_size=None
         ((1, 1, 2), (1, 1))
     """
     check_tasks(spec, tasks)
-    structure = jax.tree.structure(spec.params)
-    if jax.tree.structure(params) != structure:
-        raise ValueError(f"params has tree structure {jax.tree.structure(params)}; expected {structure}")
+    check_tree("params", params, spec.params)
     theta = spec.ravel(params)
     draws = {"theta": theta[None, None]}
     if step_size is not None:
-        if jnp.ndim(step_size) != 0 or not float(step_size) > 0:
-            raise ValueError(f"step_size={step_size!r}; expected a positive scalar")
+        check_positive("step_size", step_size, what="a positive scalar")
         draws["step_size"] = jnp.full((1, 1), float(step_size))
     if spec.likelihood.regression:
         if noise is None:
@@ -104,8 +111,8 @@ def maml_posterior(spec: ModelSpec, params, tasks, *, noise=None, step_size=None
             else:
                 w = tasks.query_mask.astype(sq.dtype)
                 noise = jnp.sqrt(jnp.sum(sq * w) / jnp.maximum(jnp.sum(w), 1.0))
-        elif not float(noise) > 0:
-            raise ValueError(f"noise={noise!r}; expected a positive number")
+        else:
+            check_positive("noise", noise)
         draws["noise"] = jnp.full((1, 1), noise)
     settings = {"noise": None if noise is None else float(np.asarray(noise))}
     return make_posterior(spec, draws, method="maml", settings=settings)

@@ -13,6 +13,9 @@ Draws of u are pushed back through the transforms. For a Gaussian posterior
 not positive definite (a saddle point, a flat direction such as a network's
 unused unit, or an optimiser that has not converged), there is no Gaussian to
 draw from and :class:`numpy.linalg.LinAlgError` (a ``ValueError``) says so.
+``curvature="ggn"`` replaces H by the generalized Gauss–Newton matrix
+(:mod:`hbmeta.inference.ggn`), positive definite by construction, so the
+approximation exists at any point of a ReLU network's posterior.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ from hbmeta.inference.common import (
     as_key,
     check_int,
     check_optimizer,
+    default_optimizer,
     init_values,
     json_settings,
     latent_transforms,
     make_posterior,
 )
+from hbmeta.base.validate import check_choice
+from hbmeta.inference.ggn import CURVATURES, check_ggn_spec, ggn_precision
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
 from hbmeta.base.progress import run_in_chunks
@@ -89,11 +95,6 @@ def hessian(fun, x, *, chunk_size: int = 128):
     return run(x)
 
 
-def default_optimizer():
-    """L-BFGS with a backtracking (Armijo) line search: fast on the deterministic potential, quick to compile."""
-    return optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=20))
-
-
 def laplace_cov_factor(hessian, *, rtol=None, grad_norm=None):
     """``L`` with ``L Lᵀ = H⁻¹`` from the eigendecomposition of symmetric ``H``.
 
@@ -135,6 +136,7 @@ def run_laplace(
     optimizer=None,
     num_draws: int = 1000,
     init=None,
+    curvature: str = "hessian",
     progress: bool = True,
 ) -> Posterior:
     """Laplace approximation around the MAP: ``N(u*, H⁻¹)`` in unconstrained space.
@@ -149,6 +151,10 @@ def run_laplace(
         num_draws: draws from the Gaussian approximation.
         init: where the MAP search starts: a params pytree (θ), a
             :class:`~hbmeta.MAMLResult` or a :class:`~hbmeta.Posterior`.
+        curvature: ``"hessian"`` (the exact Hessian of the potential) or
+            ``"ggn"`` (the generalized Gauss–Newton matrix of the query
+            likelihood through φ̂(θ) plus the prior precision, positive
+            definite by construction; :mod:`hbmeta.inference.ggn`).
         progress: show progress of the MAP search.
 
     Returns:
@@ -176,8 +182,11 @@ def run_laplace(
     num_steps = check_int("num_steps", num_steps)
     num_draws = check_int("num_draws", num_draws)
     optimizer = check_optimizer(optimizer)
+    check_choice("curvature", curvature, CURVATURES)
     check_tasks(spec, tasks)
     values = init_values(spec, init, tasks.num_tasks)
+    if curvature == "ggn":
+        check_ggn_spec(spec)
 
     model = build_model(spec)
     k_init, k_draw = jax.random.split(key)
@@ -190,16 +199,21 @@ def run_laplace(
     def fun(u):
         return potential(unravel(u))
 
-    opt = default_optimizer() if optimizer is None else optimizer
+    opt, opt_name = default_optimizer("laplace") if optimizer is None else (optimizer, optimizer)
     u_map, losses = minimize(fun, u0, optimizer=opt, num_steps=num_steps, progress=progress)
     grad_norm = float(jnp.linalg.norm(jax.jit(jax.grad(fun))(u_map)))
-    factor, eig = laplace_cov_factor(hessian(fun, u_map), grad_norm=grad_norm)
-    z = jax.random.normal(k_draw, (num_draws, u0.shape[0]), dtype=u0.dtype)
-    u_draws = u_map + z @ jnp.asarray(factor.T, dtype=u0.dtype)
     transforms = latent_transforms(model, tasks)
 
     def constrain(u):
         return {name: transforms[name](v) for name, v in unravel(u).items()}
+
+    if curvature == "ggn":
+        curv = ggn_precision(spec, tasks, potential=fun, u=u_map, unravel=unravel, sites=constrain(u_map))
+    else:
+        curv = hessian(fun, u_map)
+    factor, eig = laplace_cov_factor(curv, grad_norm=grad_norm)
+    z = jax.random.normal(k_draw, (num_draws, u0.shape[0]), dtype=u0.dtype)
+    u_draws = u_map + z @ jnp.asarray(factor.T, dtype=u0.dtype)
 
     draws = jax.vmap(constrain)(u_draws)
     draws = jax.tree.map(lambda a: a[None], draws)
@@ -208,9 +222,10 @@ def run_laplace(
     wall = time.perf_counter() - start
     settings = json_settings(
         num_steps=num_steps,
-        optimizer="lbfgs" if optimizer is None else optimizer,
+        optimizer=opt_name,
         num_draws=num_draws,
         init=None if init is None else type(init).__name__,
+        curvature=curvature,
     )
     info = {
         "map": np.asarray(map_sites["theta"]),

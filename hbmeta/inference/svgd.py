@@ -17,16 +17,17 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import optax
 from numpyro.contrib.einstein import SVGD, RBFKernel
 from numpyro.distributions import biject_to
 from numpyro.infer import init_to_uniform
 from numpyro.optim import optax_to_numpyro
 
+from hbmeta.base.validate import check_positive
 from hbmeta.inference.common import (
     as_key,
     check_int,
     check_optimizer,
+    default_optimizer,
     init_values,
     json_settings,
     make_posterior,
@@ -105,14 +106,13 @@ def run_svgd(
     num_steps = check_int("num_steps", num_steps)
     chunk_size = check_int("chunk_size", chunk_size)
     optimizer = check_optimizer(optimizer)
-    if not float(init_radius) > 0:
-        raise ValueError(f"init_radius={init_radius!r}; expected a positive number")
+    check_positive("init_radius", init_radius)
     check_tasks(spec, tasks)
     values = init_values(spec, init, tasks.num_tasks)
 
     model = build_model(spec)
     strategy = init_to_uniform if values is None else init_near(values=values, radius=float(init_radius))
-    opt = optax.adagrad(0.1) if optimizer is None else optimizer
+    opt, opt_name = default_optimizer("svgd") if optimizer is None else (optimizer, optimizer)
     svgd = SVGD(
         model,
         optax_to_numpyro(opt),
@@ -136,7 +136,7 @@ def run_svgd(
     settings = json_settings(
         num_particles=num_particles,
         num_steps=num_steps,
-        optimizer="adagrad(0.1)" if optimizer is None else optimizer,
+        optimizer=opt_name,
         init=None if init is None else type(init).__name__,
         init_radius=float(init_radius),
     )

@@ -22,15 +22,16 @@ import time
 
 import jax
 import numpy as np
-import optax
 from numpyro.infer import SVI, Trace_ELBO, init_to_uniform, init_to_value
 from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 
+from hbmeta.base.validate import check_positive
 from hbmeta.inference.common import (
     as_key,
     check_choice,
     check_int,
     check_optimizer,
+    default_optimizer,
     init_values,
     json_settings,
     make_posterior,
@@ -116,8 +117,7 @@ def run_svi(
         if guide != "low_rank":
             raise ValueError(f"rank={rank!r} with guide={guide!r}; expected rank only with guide='low_rank'")
         rank = check_int("rank", rank)
-    if not float(init_scale) > 0:
-        raise ValueError(f"init_scale={init_scale!r}; expected a positive number")
+    check_positive("init_scale", init_scale)
     optimizer = check_optimizer(optimizer)
     check_tasks(spec, tasks, subsample_size=subsample_size)
     if subsample_size is not None and spec.explicit_tau is not None and guide in ("low_rank", "full_rank"):
@@ -130,8 +130,10 @@ def run_svi(
     model = build_model(spec)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
     auto = make_guide(model, guide, init_loc_fn=strategy, rank=rank, init_scale=float(init_scale))
-    optimizer_name = "adam(1e-2)" if optimizer is None else type(optimizer).__name__
-    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    if optimizer is None:
+        optimizer, optimizer_name = default_optimizer("svi")
+    else:
+        optimizer_name = type(optimizer).__name__
     svi = SVI(model, auto, optimizer, loss=Trace_ELBO(num_particles=num_particles))
     k_fit, k_draw = jax.random.split(key)
     start = time.perf_counter()

@@ -2,11 +2,13 @@
 
 For each new task, θ is fine-tuned on the support set by repeated gradient
 steps with the rule's α, and the query loss is recorded after every step
-(REFERENCE.md §2's protocol: 600 tasks, loss after 1, 5 and 10 steps).
+(the MAML sinusoid protocol of docs/references.md: 600 tasks, loss after 1, 5
+and 10 steps).
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -26,12 +28,16 @@ class Evaluation(NamedTuple):
     - ``ci95``: ``(n+1,)`` half-width of the 95% confidence interval of the mean,
       ``1.96 · sd / sqrt(T)``.
     - ``per_task``: ``(T, n+1)`` losses per task.
+    - ``diverged``: ``(n+1,)`` tasks left out of ``mean`` and ``ci95`` after
+      each step because fine-tuning diverged there (a loss that is not finite
+      or above ``diverged_above``).
     """
 
     steps: np.ndarray
     mean: np.ndarray
     ci95: np.ndarray
     per_task: np.ndarray
+    diverged: np.ndarray
 
     def at(self, step: int) -> tuple[float, float]:
         """``(mean, ci95)`` after ``step`` fine-tuning steps."""
@@ -72,8 +78,14 @@ def _compiled_finetune(rule, num_steps):
     return _cached_finetune(rule, num_steps)
 
 
-def evaluate(params, tasks: TaskBatch, *, rule: GradientSteps, num_steps: int = 10, step_size=None) -> Evaluation:
+def evaluate(params, tasks: TaskBatch, *, rule: GradientSteps, num_steps: int = 10, step_size=None,
+             diverged_above: float = math.inf) -> Evaluation:
     """Fine-tune θ on each task's support set and score the query set after each step.
+
+    A task whose query loss after a step is not finite, or above
+    ``diverged_above``, has diverged there: it is counted in
+    ``Evaluation.diverged`` and left out of that step's mean and interval
+    (``per_task`` keeps every value).
 
     Example:
         >>> import jax
@@ -88,7 +100,11 @@ def evaluate(params, tasks: TaskBatch, *, rule: GradientSteps, num_steps: int = 
         raise ValueError(f"num_steps={num_steps!r}; expected a non-negative integer")
     fn = _compiled_finetune(rule, int(num_steps))
     per_task = np.asarray(fn(params, tasks, rule.step_size if step_size is None else step_size))
-    n = per_task.shape[0]
-    mean = per_task.mean(axis=0)
-    sd = per_task.std(axis=0, ddof=1) if n > 1 else np.zeros_like(mean)
-    return Evaluation(np.arange(num_steps + 1), mean, 1.96 * sd / np.sqrt(n), per_task)
+    ok = np.isfinite(per_task) & (per_task <= diverged_above)
+    n = ok.sum(axis=0)
+    kept = np.where(ok, per_task, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, kept.sum(axis=0) / np.maximum(n, 1), np.nan)
+        var = np.where(ok, (per_task - mean) ** 2, 0.0).sum(axis=0) / np.maximum(n - 1, 1)
+        ci95 = np.where(n > 1, 1.96 * np.sqrt(var) / np.sqrt(np.maximum(n, 1)), np.where(n == 1, 0.0, np.nan))
+    return Evaluation(np.arange(num_steps + 1), mean, ci95, per_task, (~ok).sum(axis=0))

@@ -22,6 +22,8 @@ import optax
 from hbmeta.adaptation.steps import GradientSteps
 from hbmeta.tasks.families import FixedTasks
 from hbmeta.base.progress import run_in_chunks
+from hbmeta.base.validate import check_positive_int
+
 from hbmeta.tasks.batch import TaskBatch
 
 
@@ -216,12 +218,9 @@ def train_maml(
         >>> res.losses.shape
         (20,)
     """
-    if int(num_iterations) != num_iterations or num_iterations < 1:
-        raise ValueError(f"num_iterations={num_iterations!r}; expected a positive integer")
-    if int(meta_batch_size) != meta_batch_size or meta_batch_size < 1:
-        raise ValueError(f"meta_batch_size={meta_batch_size!r}; expected a positive integer")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}; expected a positive integer")
+    check_positive_int("num_iterations", num_iterations)
+    check_positive_int("meta_batch_size", meta_batch_size)
+    check_positive_int("chunk_size", chunk_size)
     source = _as_source(tasks)
     if isinstance(source, FixedTasks) and meta_batch_size > source.num_tasks:
         raise ValueError(

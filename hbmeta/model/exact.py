@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from hbmeta.base.validate import check_positive
+from hbmeta.base.validate import check_type
 from hbmeta.tasks.batch import TaskBatch
 
 
@@ -71,14 +73,11 @@ def linear_gaussian_posterior(
         >>> post.mean.shape, post.cov.shape
         ((2,), (2, 2))
     """
-    if not isinstance(tasks, TaskBatch):
-        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch")
+    check_type("tasks", tasks, TaskBatch)
     if tasks.y_query.ndim != 3 or tasks.y_query.shape[-1] != 1:
         raise ValueError(f"tasks.y_query has shape {tasks.y_query.shape}; expected (T, M, 1) real targets")
-    if not step_size > 0:
-        raise ValueError(f"step_size={step_size!r}; expected a positive number")
-    if not noise > 0:
-        raise ValueError(f"noise={noise!r}; expected a positive number")
+    check_positive("step_size", step_size)
+    check_positive("noise", noise)
     if int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps={num_steps!r}; expected a non-negative integer")
     xs, ys, xq, yq = (np.asarray(a, dtype=np.float64) for a in (tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query))

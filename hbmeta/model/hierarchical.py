@@ -10,10 +10,17 @@ tasks, :func:`build_model` gives the model
         φ̂_j = adapt(θ, S_j; α)                        (vmapped, never stored)
         y_q ~ N(f_φ̂_j(x_q), σ²) | Categorical(logits = f_φ̂_j(x_q))   site "y", plate "points"
 
-so ``p(θ | tasks) ∝ p(θ) Π_j p(Q_j | φ̂_j(θ))`` (REFERENCE.md §1). The explicit
+so ``p(θ | tasks) ∝ p(θ) Π_j p(Q_j | φ̂_j(θ))`` (docs/references.md, MAML as
+empirical Bayes). The explicit
 variant (``spec.explicit_tau = τ``) has latent ``φ_j ~ N(θ, τ²I)`` (site
 ``"phi"`` in the task plate) scored on the support set (site ``"y_support"``,
-plate ``"support_points"``) and on the query set (site ``"y"``).
+plate ``"support_points"``) and on the query set (site ``"y"``). With the
+task-posterior option (``spec.task_posterior``, regression only) φ_j ~ N(θ, τ²I)
+is integrated out of the network linearised at φ̂_j, and each task's query set
+is one observation ``"y" ~ MultivariateNormal(m_Q, C_Q + σ²I)`` of its ``M·o``
+values given the support set (:mod:`hbmeta.model.task_linearised`), with the
+site ``"tau" ~ HalfNormal(c)`` when τ is not fixed: ``p(θ, τ, σ | tasks) ∝
+p(θ) p(τ) p(σ) Π_j p(Q_j | S_j, θ, τ, σ)``.
 
 The task plate is ``dim=-2`` and the point plates ``dim=-1``, so the log
 likelihood of ``"y"`` has shape ``(T, M)``; inside the model ``"phi"`` has shape
@@ -32,6 +39,8 @@ import numpyro
 import numpyro.distributions as dist
 
 from hbmeta.model.spec import ModelSpec
+from hbmeta.model.task_linearised import query_gaussian_one
+from hbmeta.base.validate import check_type
 from hbmeta.tasks.batch import TaskBatch
 
 
@@ -49,10 +58,8 @@ def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None) -> None:
     Shapes and dtypes are checked always (they are static even under ``jit``);
     the class-label range only when the labels are concrete arrays.
     """
-    if not isinstance(spec, ModelSpec):
-        raise ValueError(f"spec is a {type(spec).__name__}; expected hbmeta.ModelSpec")
-    if not isinstance(tasks, TaskBatch):
-        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch (see hbmeta.make_tasks)")
+    check_type("spec", spec, ModelSpec)
+    check_type("tasks", tasks, TaskBatch, hint=" (see hbmeta.make_tasks)")
     num_tasks = tasks.num_tasks
     if subsample_size is not None:
         if int(subsample_size) != subsample_size or not 1 <= subsample_size <= num_tasks:
@@ -129,11 +136,17 @@ def build_model(spec: ModelSpec):
         >>> tr["theta"]["value"].shape, tr["y"]["fn"].batch_shape
         ((2,), (8, 10))
     """
-    if not isinstance(spec, ModelSpec):
-        raise ValueError(f"spec is a {type(spec).__name__}; expected hbmeta.ModelSpec")
+    check_type("spec", spec, ModelSpec)
     loc, scale = spec.prior_loc_scale()
     rule, lik = spec.rule, spec.likelihood
     ssp, tau = spec.step_size_prior, spec.explicit_tau
+    tp = spec.task_posterior
+    if tp is not None and not lik.regression:
+        raise ValueError(
+            "spec.task_posterior is set with a CategoricalLikelihood; expected a NormalLikelihood: the task-level "
+            "integral has no closed form for classification, so it is not in the model (task_predictive and "
+            "sample_predictive still use it to predict, with a fixed τ or 'tau' draws)"
+        )
 
     # Jitted once per model: NumPyro runs the model eagerly during initialisation (several times), and an
     # eager lax loop inside the adaptation would otherwise be recompiled at every call. Under an outer
@@ -142,6 +155,11 @@ def build_model(spec: ModelSpec):
     def adapted_outputs(theta, x_support, y_support, support_mask, x_query, alpha):
         phi = jax.vmap(lambda x, y, m: rule(spec.unravel(theta), x, y, m, alpha))(x_support, y_support, support_mask)
         return jax.vmap(rule.apply)(phi, x_query)
+
+    @jax.jit
+    def task_gaussians(theta, xs, ys, ms, xq, yq, mq, alpha, tau_j, noise):
+        one = lambda *a: query_gaussian_one(spec, theta, *a, alpha, tau_j, noise)  # noqa: E731
+        return jax.vmap(one)(xs, ys, ms, xq, yq, mq)
 
     @jax.jit
     def explicit_outputs(flat_phi, x):
@@ -159,8 +177,15 @@ def build_model(spec: ModelSpec):
             noise = lik.noise
             if noise is None:
                 noise = numpyro.sample("noise", dist.HalfNormal(lik.noise_prior_scale))
+        if tp is not None:
+            tau_j = tp.tau if tp.tau is not None else numpyro.sample("tau", dist.HalfNormal(tp.tau_prior_scale))
         with numpyro.plate("tasks", tasks.num_tasks, subsample_size=subsample_size, dim=-2) as idx:
             batch = tasks if subsample_size is None else tasks.take(idx)
+            if tp is not None:
+                mean, tril = task_gaussians(theta, *batch.support(), *batch.query(), alpha, tau_j, noise)
+                y = batch.y_query.reshape(mean.shape)[:, None]
+                numpyro.sample("y", dist.MultivariateNormal(mean[:, None], scale_tril=tril[:, None]), obs=y)
+                return
             if tau is None:
                 outputs = adapted_outputs(theta, *batch.support(), batch.x_query, alpha)
             else:

@@ -8,7 +8,9 @@
 
 The "explicit" variant replaces φ̂_j by a latent φ_j ~ N(θ, τ²I) scored on
 both support and query sets: the exact hierarchical model that the
-gradient-step estimator approximates. θ is one flat vector site ``"theta"``
+gradient-step estimator approximates. The task-posterior option
+(:class:`TaskPosterior`) integrates φ_j ~ N(θ, τ²I) out instead, with the
+network linearised at φ̂_j. θ is one flat vector site ``"theta"``
 (``jax.flatten_util.ravel_pytree`` of the params template), so every guide and
 sampler sees a plain vector and ``unravel`` gives the network's params back.
 """
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from hbmeta.base.validate import check_type
 from hbmeta.adaptation.steps import GradientSteps
 
 
@@ -97,6 +100,39 @@ class StepSizePrior:
 
 
 @dataclass(frozen=True)
+class TaskPosterior:
+    """Integrate each task's parameters out: φ_j ~ N(μ_j, τ²I), linearised at φ̂_j (see :mod:`hbmeta.model.task_posterior`).
+
+    With this option the query likelihood of task j is ``log p(Q_j | S_j, θ, τ, σ)``
+    of the network linearised at the gradient-step estimate φ̂_j, a Gaussian with
+    a full covariance over the query points, instead of ``log p(Q_j | φ̂_j)``;
+    predictions get a per-point variance. ``tau`` is τ > 0 fixed, or None for a
+    latent site ``"tau" ~ HalfNormal(tau_prior_scale)``. ``prior_mean`` is μ_j:
+    ``"adapted"`` (φ̂_j(θ), the default: better on held-out folds of the sinusoid
+    training tasks) or ``"theta"`` (θ: the hierarchical model φ_j ~ N(θ, τ²I)
+    itself). The in-model integral is regression-only (:func:`~hbmeta.build_model`
+    raises ``ValueError`` for a categorical likelihood); prediction works for both
+    (classification needs a fixed τ or ``"tau"`` draws, e.g. from
+    :func:`~hbmeta.fit_task_hyperparameters`).
+    """
+
+    tau: float | None = None
+    tau_prior_scale: float = 1.0
+    prior_mean: str = "adapted"
+
+    def __post_init__(self):
+        if self.prior_mean not in ("adapted", "theta"):
+            raise ValueError(f"prior_mean={self.prior_mean!r}; expected 'adapted' (φ̂_j) or 'theta' (θ)")
+        if self.tau is not None:
+            if not _is_scalar(self.tau):
+                raise ValueError(f"tau={self.tau!r}; expected a positive scalar or None (inferred)")
+            _positive_leaves("tau", self.tau)
+        if not _is_scalar(self.tau_prior_scale):
+            raise ValueError(f"tau_prior_scale={self.tau_prior_scale!r}; expected a positive scalar")
+        _positive_leaves("tau_prior_scale", self.tau_prior_scale)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to build the model and to predict from a posterior.
 
@@ -108,6 +144,8 @@ class ModelSpec:
         likelihood: :class:`NormalLikelihood` or :class:`CategoricalLikelihood`.
         step_size_prior: a :class:`StepSizePrior` to infer α, or None to fix it.
         explicit_tau: τ > 0 for the explicit variant φ_j ~ N(θ, τ²I), else None.
+        task_posterior: a :class:`TaskPosterior` to integrate each task's
+            parameters out (linearised task posterior), else None.
     """
 
     rule: GradientSteps
@@ -116,12 +154,11 @@ class ModelSpec:
     likelihood: Any = field(default_factory=NormalLikelihood)
     step_size_prior: StepSizePrior | None = None
     explicit_tau: float | None = None
+    task_posterior: TaskPosterior | None = None
 
     def __post_init__(self):
-        if not isinstance(self.rule, GradientSteps):
-            raise ValueError(f"rule is a {type(self.rule).__name__}; expected hbmeta.GradientSteps")
-        if not isinstance(self.prior, NormalPrior):
-            raise ValueError(f"prior is a {type(self.prior).__name__}; expected hbmeta.NormalPrior")
+        check_type("rule", self.rule, GradientSteps)
+        check_type("prior", self.prior, NormalPrior)
         if not isinstance(self.likelihood, (NormalLikelihood, CategoricalLikelihood)):
             raise ValueError(
                 f"likelihood is a {type(self.likelihood).__name__}; "
@@ -137,6 +174,16 @@ class ModelSpec:
                 raise ValueError(
                     "step_size_prior is set with explicit_tau; expected only one: the explicit variant "
                     "has latent φ_j and no inner gradient steps, so it has no step size to infer"
+                )
+        if self.task_posterior is not None:
+            if not isinstance(self.task_posterior, TaskPosterior):
+                raise ValueError(
+                    f"task_posterior is a {type(self.task_posterior).__name__}; expected hbmeta.TaskPosterior or None"
+                )
+            if self.explicit_tau is not None:
+                raise ValueError(
+                    "task_posterior is set with explicit_tau; expected only one: both put φ_j ~ N(θ, τ²I) under "
+                    "each task, the explicit variant as latent sites, the task posterior integrated out"
                 )
         structure = jax.tree.structure(self.params)
         if not jax.tree.leaves(self.params):

@@ -1,4 +1,4 @@
-"""Uncertainty metrics of a posterior predictive (REFERENCE.md §4).
+"""Uncertainty metrics of a posterior predictive (docs/references.md, uncertainty metrics).
 
 Every function takes predictive draws with ``draw_axes`` leading axes (default
 2: ``(chain, draw)``, as in :class:`~hbmeta.Predictive`), the observed targets
@@ -22,6 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
+
+from hbmeta.base.validate import check_positive_int
+from hbmeta.predict.mixture import pit
+from hbmeta.predict.predictive import Predictive, sample_predictive
 
 PACOH_LEVELS = np.linspace(0.05, 0.95, 20)
 
@@ -80,7 +84,7 @@ def _regression(mean, noise, y, mask, draw_axes):
 def mixture_cdf(mean, noise, y, *, draw_axes: int = 2):
     """``F(y) = (1/S) Σ_s Φ((y − μˢ)/σˢ)`` per point and output: the predictive CDF at the targets."""
     mu, sd, y, _ = _regression(mean, noise, y, None, draw_axes)
-    return jnp.mean(norm.cdf((y - mu) / sd), axis=0)
+    return pit(mu, sd, y)
 
 
 @partial(jax.jit, static_argnames=("draw_axes",))
@@ -117,7 +121,7 @@ def calibration_curve(mean, noise, y, mask=None, *, levels=None, draw_axes: int 
     """
     mu, sd, y, w = _regression(mean, noise, y, mask, draw_axes)
     levels = jnp.asarray(PACOH_LEVELS if levels is None else levels, mu.dtype)
-    u = jnp.mean(norm.cdf((y - mu) / sd), axis=0)
+    u = pit(mu, sd, y)
     w = jnp.broadcast_to(w[..., None], u.shape)
     freq = jax.vmap(lambda q: _wmean((u <= q).astype(mu.dtype), w))(levels)
     return levels, freq
@@ -143,7 +147,7 @@ def coverage(mean, noise, y, mask=None, *, level: float = 0.9, draw_axes: int = 
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level={level!r}; expected a probability strictly between 0 and 1")
     mu, sd, y, w = _regression(mean, noise, y, mask, draw_axes)
-    u = jnp.mean(norm.cdf((y - mu) / sd), axis=0)
+    u = pit(mu, sd, y)
     inside = (u >= (1 - level) / 2) & (u <= (1 + level) / 2)
     return _wmean(inside.astype(mu.dtype), jnp.broadcast_to(w[..., None], u.shape))
 
@@ -186,8 +190,7 @@ def brier_score(probs, y, mask=None, *, draw_axes: int = 2):
 @partial(jax.jit, static_argnames=("num_bins", "draw_axes"))
 def reliability_curve(probs, y, mask=None, *, num_bins: int = 15, draw_axes: int = 2):
     """Per equal-width confidence bin: ``(mean confidence, accuracy, count)``; empty bins give NaN."""
-    if int(num_bins) != num_bins or num_bins < 1:
-        raise ValueError(f"num_bins={num_bins!r}; expected a positive integer")
+    check_positive_int("num_bins", num_bins)
     pbar, y, w = _classification(probs, y, mask, draw_axes)
     conf = jnp.max(jnp.nan_to_num(pbar, nan=0.0), axis=-1)
     correct = (jnp.argmax(jnp.nan_to_num(pbar, nan=-1.0), axis=-1) == y).astype(pbar.dtype)
@@ -205,6 +208,49 @@ def expected_calibration_error(probs, y, mask=None, *, num_bins: int = 15, draw_
     conf, acc, count = reliability_curve(probs, y, mask, num_bins=num_bins, draw_axes=draw_axes)
     gaps = jnp.where(count > 0, jnp.abs(acc - conf), 0.0)
     return jnp.sum(gaps * count) / jnp.sum(count)
+
+
+SPREAD_GROUPS = ("low", "mid", "high")
+
+
+def coverage_by_spread(predictive, tasks, *, level: float = 0.9) -> dict:
+    """Coverage of the central ``level`` interval in each third of the tasks ranked by support-set spread.
+
+    Tasks are ranked by the standard deviation of their support targets (a
+    proxy of the task's scale, e.g. a sinusoid's amplitude: the quantity a
+    single global σ cannot follow) and split into three equal groups;
+    returns ``{"coverage_90_low_spread": …, "coverage_90_mid_spread": …,
+    "coverage_90_high_spread": …}`` (for ``level=0.9``). A predictive whose
+    spread follows each task has about ``level`` in every group.
+    Regression only.
+
+    Example:
+        >>> import jax
+        >>> import hbmeta as hb
+        >>> net = hb.mlp((1, 8, 1)); theta = net.init(jax.random.key(0))
+        >>> spec = hb.ModelSpec(hb.GradientSteps(net.apply), theta, likelihood=hb.NormalLikelihood(noise=1.0))
+        >>> post = hb.Posterior({"theta": spec.ravel(theta)[None, None]}, spec, "custom", {})
+        >>> tasks = hb.Sinusoid().sample(jax.random.key(1), 6)
+        >>> sorted(coverage_by_spread(hb.sample_predictive(post, tasks, key=jax.random.key(2)), tasks))
+        ['coverage_90_high_spread', 'coverage_90_low_spread', 'coverage_90_mid_spread']
+    """
+    if not isinstance(predictive, Predictive) or not predictive.regression:
+        raise ValueError("coverage_by_spread needs a regression hbmeta.Predictive")
+    ys = np.asarray(tasks.y_support, dtype=np.float64)
+    m = np.ones(ys.shape[:2], bool) if tasks.support_mask is None else np.asarray(tasks.support_mask, bool)
+    w = m[..., None] * np.ones_like(ys)
+    mean = (ys * w).sum(axis=(1, 2)) / np.maximum(w.sum(axis=(1, 2)), 1)
+    spread = np.sqrt((((ys - mean[:, None, None]) ** 2) * w).sum(axis=(1, 2)) / np.maximum(w.sum(axis=(1, 2)), 1))
+    order = np.argsort(spread, kind="stable")
+    noise = np.asarray(predictive.noise)
+    per_point = noise.ndim > 2  # (C, S, T, M, o) per point, else (C, S) per draw
+    out = {}
+    for name, idx in zip(SPREAD_GROUPS, np.array_split(order, len(SPREAD_GROUPS))):
+        qm = None if tasks.query_mask is None else np.asarray(tasks.query_mask)[idx]
+        sd = noise[:, :, idx] if per_point else noise
+        value = coverage(predictive.mean[:, :, idx], sd, np.asarray(tasks.y_query)[idx], qm, level=level)
+        out[f"coverage_{round(100 * level)}_{name}_spread"] = float(value)
+    return out
 
 
 def predictive_metrics(posterior, tasks, *, key, predictive=None, draw_chunk: int = 64, task_chunk: int = 32) -> dict:
@@ -225,7 +271,6 @@ def predictive_metrics(posterior, tasks, *, key, predictive=None, draw_chunk: in
         >>> sorted(m)
         ['calibration_error', 'coverage_50', 'coverage_90', 'coverage_95', 'mse', 'nll']
     """
-    from hbmeta.predict.predictive import Predictive, sample_predictive
 
     if predictive is None:
         predictive = sample_predictive(posterior, tasks, key=key, draw_chunk=draw_chunk, task_chunk=task_chunk)

@@ -8,7 +8,11 @@ j with support set S_j and query inputs x_q:
     classification:  pˢ_jq = softmax(f_φ̂ˢ_j(x_q)),  yˢ_jq ~ Categorical(pˢ_jq)
 
 so the predictive of a new point is the mixture (1/S) Σ_s N(μˢ, σˢ²) (or the
-average of the pˢ). Draws and tasks are processed in fixed-size chunks by one
+average of the pˢ). With the task-level option (``spec.task_posterior``) each
+draw predicts with the linearised task posterior instead
+(:func:`~hbmeta.task_predictive`, τˢ from the ``"tau"`` draws or the fixed τ):
+μˢ_jq is its mean and the per-point sd sqrt(var_linearised + σˢ²) replaces σˢ;
+pˢ_jq are its mean-field class probabilities. Draws and tasks are processed in fixed-size chunks by one
 compiled function, padded at the ends so that it compiles once; results move
 to host memory chunk by chunk, so device memory does not grow with the number
 of draws or tasks.
@@ -23,8 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hbmeta.inference.common import as_key
+from hbmeta.base.jax_checks import as_key
+from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.model.posterior import Posterior
+from hbmeta.predict.mixture import pit
+from hbmeta.model.task_linearised import predictive_one
 from hbmeta.tasks.batch import TaskBatch
 
 
@@ -38,7 +45,9 @@ class Predictive(NamedTuple):
     - ``probs``: ``(C, S, T, M, k)`` class probabilities pˢ (classification), else None.
     - ``y``: sampled targets: ``(C, S, T, M, o)`` μˢ + σˢε (regression) or
       ``(C, S, T, M)`` integer labels (classification).
-    - ``noise``: ``(C, S)`` σˢ (regression), else None.
+    - ``noise``: ``(C, S)`` σˢ (regression), else None; with the task-level
+      option (``spec.task_posterior``) the per-point predictive sd
+      ``(C, S, T, M, o)``, sqrt(linearised variance + σˢ²), NaN at masked points.
     - ``params``: the adapted parameters φ̂ˢ_j as a pytree with leading
       ``(C, S, T)`` axes when requested, else None.
     - ``query_mask``: ``(T, M)`` booleans or None. Masked points hold NaN in
@@ -89,17 +98,9 @@ class PredictiveSummary(NamedTuple):
     label: Any
 
 
-def _check_chunk(name, value):
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name}={value!r}; expected a positive integer")
-    return int(value)
-
-
 def _check_inputs(posterior, tasks):
-    if not isinstance(posterior, Posterior):
-        raise ValueError(f"posterior is a {type(posterior).__name__}; expected hbmeta.Posterior")
-    if not isinstance(tasks, TaskBatch):
-        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch")
+    check_type("posterior", posterior, Posterior)
+    check_type("tasks", tasks, TaskBatch)
     spec = posterior.spec
     theta = np.shape(posterior.samples.get("theta"))
     if len(theta) != 3 or theta[2] != spec.num_params:
@@ -134,15 +135,24 @@ _KERNELS: dict = {}
 def _kernel(spec, *, regression, has_alpha, want_params):
     """The compiled chunk function, cached per (rule, params layout, flags) so repeated calls do not recompile."""
     layout = tuple((np.shape(a), str(jnp.asarray(a).dtype)) for a in jax.tree.leaves(spec.params))
-    cache_key = (id(spec.rule), jax.tree.structure(spec.params), layout, regression, has_alpha, want_params)
+    task_level = None if spec.task_posterior is None else spec.task_posterior.prior_mean  # part of the cache key
+    cache_key = (id(spec.rule), jax.tree.structure(spec.params), layout, regression, has_alpha, want_params, task_level)
     hit = _KERNELS.get(cache_key)
     if hit is not None and hit[0] is spec.rule:
         return hit[1]
     rule, apply = spec.rule, spec.rule.apply
 
-    def one(flat, alpha, sigma, eps, xs, ys, ms, xq, mq):
+    def one(flat, alpha, sigma, tau, eps, xs, ys, ms, xq, mq):
         phi = rule(spec.unravel(flat), xs, ys, ms, alpha if has_alpha else None)
-        out = apply(phi, xq)
+        sd = None
+        if task_level:  # the linearised task posterior: per-point sd; logits → mean-field probabilities
+            mean, var, probs = predictive_one(spec, flat, xs, ys, ms, xq, alpha if has_alpha else None, tau,
+                                              sigma if regression else None)
+            out, sigma = (mean, jnp.sqrt(var)) if regression else (jnp.log(probs), None)
+            if regression:
+                sd = sigma if mq is None else jnp.where(mq[:, None], sigma, jnp.nan)
+        else:
+            out = apply(phi, xq)
         if regression:
             first, y = out, out + sigma * eps.astype(out.dtype)
             if mq is not None:
@@ -155,13 +165,13 @@ def _kernel(spec, *, regression, has_alpha, want_params):
                 first = jnp.where(mq[:, None], first, jnp.nan)
                 y = jnp.where(mq, y, -1)
         flat_phi = ravel_pytree(phi)[0] if want_params else None
-        return first, y, flat_phi
+        return first, y, flat_phi, sd
 
-    def chunk(eps, flat, alpha, sigma, xs, ys, ms, xq, mq):
-        def per_draw(f, a, s, e):
-            return jax.vmap(one, in_axes=(None, None, None, 0, 0, 0, 0, 0, 0))(f, a, s, e, xs, ys, ms, xq, mq)
+    def chunk(eps, flat, alpha, sigma, tau, xs, ys, ms, xq, mq):
+        def per_draw(f, a, s, t, e):
+            return jax.vmap(one, in_axes=(None, None, None, None, 0, 0, 0, 0, 0, 0))(f, a, s, t, e, xs, ys, ms, xq, mq)
 
-        return jax.vmap(per_draw)(flat, alpha, sigma, eps)
+        return jax.vmap(per_draw)(flat, alpha, sigma, tau, eps)
 
     if len(_KERNELS) >= 32:
         _KERNELS.clear()
@@ -253,8 +263,8 @@ def sample_predictive(
     """
     regression = _check_inputs(posterior, tasks)
     key = as_key(key)
-    draw_chunk = _check_chunk("draw_chunk", draw_chunk)
-    task_chunk = _check_chunk("task_chunk", task_chunk)
+    draw_chunk = check_positive_int("draw_chunk", draw_chunk)
+    task_chunk = check_positive_int("task_chunk", task_chunk)
     spec = posterior.spec
     C, S = posterior.num_chains, posterior.num_draws
     N, T, M = C * S, tasks.num_tasks, tasks.x_query.shape[1]
@@ -263,36 +273,41 @@ def sample_predictive(
     alpha = np.asarray(posterior.samples["step_size"]).reshape(N) if has_alpha else np.ones(N, flat.dtype)
     sigma = np.asarray(posterior.noise()).reshape(N) if regression else np.ones(N, flat.dtype)
     sigma = sigma.astype(flat.dtype)
+    tau = _tau_draws(posterior, N).astype(flat.dtype)
     D, B = min(draw_chunk, N), min(task_chunk, T)
     n_pad, t_pad = -(-N // D) * D, -(-T // B) * B
-    flat, alpha, sigma = (_pad(a, n_pad) for a in (flat, alpha, sigma))
+    flat, alpha, sigma, tau = (_pad(a, n_pad) for a in (flat, alpha, sigma, tau))
     fields = (*tasks.support(), tasks.x_query, tasks.query_mask)
     data = [None if a is None else _pad(np.asarray(a), t_pad) for a in fields]
     run = _kernel(spec, regression=regression, has_alpha=has_alpha, want_params=return_params)
     out_shape = tuple(jax.eval_shape(spec.rule.apply, spec.params, tasks.x_query[0]).shape)
 
-    first_out, y_out, phi_out = None, None, None
+    first_out, y_out, phi_out, sd_out = None, None, None, None
 
     def store(i, j, res):
-        nonlocal first_out, y_out, phi_out
-        first, y, phi = jax.device_get(res)
+        nonlocal first_out, y_out, phi_out, sd_out
+        first, y, phi, sd = jax.device_get(res)
         if first_out is None:
             first_out = np.full((N, T) + first.shape[2:], np.nan, first.dtype)
             y_out = np.empty((N, T) + y.shape[2:], y.dtype)
             if return_params:
                 phi_out = np.empty((N, T, phi.shape[-1]), phi.dtype)
+            if sd is not None:
+                sd_out = np.empty((N, T) + sd.shape[2:], sd.dtype)
         nd, nt = min(D, N - i), min(B, T - j)
         first_out[i : i + nd, j : j + nt] = first[:nd, :nt]
         y_out[i : i + nd, j : j + nt] = y[:nd, :nt]
         if return_params:
             phi_out[i : i + nd, j : j + nt] = phi[:nd, :nt]
+        if sd is not None:
+            sd_out[i : i + nd, j : j + nt] = sd[:nd, :nt]
 
     pending = None
     for i in range(0, n_pad, D):
         for j in range(0, t_pad, B):
             args = [None if a is None else a[j : j + B] for a in data]
             eps = _noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression)
-            res = run(eps, flat[i : i + D], alpha[i : i + D], sigma[i : i + D], *args)
+            res = run(eps, flat[i : i + D], alpha[i : i + D], sigma[i : i + D], tau[i : i + D], *args)
             if pending is not None:
                 store(*pending)
             pending = (i, j, res)
@@ -303,10 +318,28 @@ def sample_predictive(
     y_out = y_out.reshape(shape + y_out.shape[3:])
     params = _unravel_batch(spec, phi_out.reshape((C, S, T, -1))) if return_params else None
     noise = sigma[:N].reshape(C, S) if regression else None
+    if sd_out is not None:
+        noise = sd_out.reshape(shape + sd_out.shape[3:])
     mask = None if tasks.query_mask is None else np.asarray(tasks.query_mask)
     if regression:
         return Predictive(first_out, None, y_out, noise, params, mask)
     return Predictive(None, first_out, y_out, None, params, mask)
+
+
+def _tau_draws(posterior, n):
+    """τ per draw, ``(n,)``: the ``"tau"`` draws, else the spec's fixed τ (ones when there is no task-level option)."""
+    tp = posterior.spec.task_posterior
+    if "tau" in posterior.samples:
+        return np.asarray(posterior.samples["tau"]).reshape(n)
+    if tp is None:
+        return np.ones(n)
+    if tp.tau is None:
+        raise ValueError(
+            "posterior has no 'tau' draws and spec.task_posterior.tau is None; expected one of them: fit the "
+            "posterior with the task-level model, add 'tau' draws (e.g. from hbmeta.fit_task_hyperparameters) "
+            "or fix τ in hbmeta.TaskPosterior(tau=...)"
+        )
+    return np.full(n, float(tp.tau))
 
 
 def with_query_inputs(tasks: TaskBatch, x) -> TaskBatch:
@@ -314,8 +347,7 @@ def with_query_inputs(tasks: TaskBatch, x) -> TaskBatch:
 
     Use it to predict on a dense grid (plots) or at fixed reference inputs (diagnostics).
     """
-    if not isinstance(tasks, TaskBatch):
-        raise ValueError(f"tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch")
+    check_type("tasks", tasks, TaskBatch)
     x = jnp.asarray(x, dtype=tasks.x_support.dtype)
     if x.ndim == 1:
         x = x[:, None]
@@ -333,15 +365,15 @@ def with_query_inputs(tasks: TaskBatch, x) -> TaskBatch:
 
 @jax.jit
 def _mixture_quantile(mu, sd, q):
-    """The q-quantile of (1/N) Σ_s N(μ_s, σ_s²) per point, by 60 bisection steps: mu ``(N, ...)``."""
-    sd = jnp.reshape(sd, (-1,) + (1,) * (mu.ndim - 1))
+    """The q-quantile of (1/N) Σ_s N(μ_s, σ_s²) per point, by 60 bisection steps: mu ``(N, ...)``, sd ``(N,)`` or like mu."""
+    sd = jnp.reshape(sd, (-1,) + (1,) * (mu.ndim - 1)) if sd.ndim == 1 else sd
     lo = jnp.min(mu - 10 * sd, axis=0)
     hi = jnp.max(mu + 10 * sd, axis=0)
 
     def body(_, bounds):
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        below = jnp.mean(jax.scipy.stats.norm.cdf((mid - mu) / sd), axis=0) < q
+        below = pit(mu, sd, mid) < q
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
     lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
@@ -354,7 +386,8 @@ def summarize(predictive: Predictive, *, levels=(0.5, 0.9)) -> PredictiveSummary
     Regression intervals are the exact quantiles ``(1 ∓ l)/2`` of the mixture
     (1/S) Σ_s N(μˢ, σˢ²) (found by bisection on its CDF), so they are right
     even with few draws (a single MAML draw gives μ ± z σ); ``mean_intervals``
-    are quantiles of μˢ alone over draws.
+    are quantiles of μˢ alone over draws. σˢ is one value per draw or, with
+    the task-level option, one per draw and point.
 
     Example:
         >>> import numpy as np
@@ -363,17 +396,17 @@ def summarize(predictive: Predictive, *, levels=(0.5, 0.9)) -> PredictiveSummary
         >>> round(float(hi[0, 0, 0]), 3)
         1.645
     """
-    if not isinstance(predictive, Predictive):
-        raise ValueError(f"predictive is a {type(predictive).__name__}; expected hbmeta.Predictive")
+    check_type("predictive", predictive, Predictive)
     levels = tuple(float(level) for level in levels)
     if not levels or not all(0.0 < level < 1.0 for level in levels):
         raise ValueError(f"levels={levels!r}; expected one or more levels strictly between 0 and 1")
     if predictive.regression:
         mu = np.asarray(predictive.mean)
         mu = mu.reshape((-1,) + mu.shape[2:])
-        sigma = np.asarray(predictive.noise).reshape(-1)
+        sigma = np.asarray(predictive.noise)
+        sigma = sigma.reshape((-1,) + sigma.shape[2:])  # (N,) σˢ, or (N, T, M, o) per-point sd (task-level)
         mean = mu.mean(axis=0)
-        var = mu.var(axis=0) + np.mean(sigma**2)
+        var = mu.var(axis=0) + np.mean(sigma**2, axis=0)
         intervals, mean_intervals = {}, {}
         for level in levels:
             lo, hi = (1 - level) / 2, (1 + level) / 2

@@ -4,21 +4,69 @@ Every function here is a plain translation of configuration values into the
 library's own constructors (:class:`~hbmeta.Sinusoid`, :func:`~hbmeta.mlp`,
 :class:`~hbmeta.GradientSteps`, :class:`~hbmeta.ModelSpec`, …), so a run
 from the command line and a script that calls the library directly build
-exactly the same model.
+exactly the same model. :func:`build_objects` builds them all once, as a
+:class:`RunObjects`, which the pipeline hands to every stage (training,
+inference, evaluation, reports and pictures); no stage reads the
+configuration again.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from hbmeta.adaptation.steps import GradientSteps
+from hbmeta.inference.common import make_optimizer
 from hbmeta.run.config import Config
 from hbmeta.adaptation.networks import Network, linear, mlp
 from hbmeta.model.spec import CategoricalLikelihood, ModelSpec, NormalLikelihood, NormalPrior, StepSizePrior
+
+
+class RunObjects(NamedTuple):
+    """Everything a run builds from its configuration, once.
+
+    - ``train_family``, ``heldout_family``: the task family with the training
+      and the held-out point counts.
+    - ``network``: the :class:`~hbmeta.Network`; ``linear``: whether it is the linear model.
+    - ``rule``: the :class:`~hbmeta.GradientSteps` adaptation rule.
+    - ``maml_optimizer``: the optax meta-optimiser.
+    - ``method``, ``method_settings``: the inference method and its keyword arguments for :func:`~hbmeta.infer`.
+    - ``keys``: independent PRNG keys per stage (:func:`keys`).
+    """
+
+    train_family: Any
+    heldout_family: Any
+    network: Network
+    linear: bool
+    rule: GradientSteps
+    maml_optimizer: Any
+    method: str
+    method_settings: dict
+    keys: dict
+
+
+def build_objects(cfg: Config, *, input_dim: int | None = None) -> RunObjects:
+    """The :class:`RunObjects` of the (effective) configuration ``cfg``.
+
+    For a ``[data]`` table, ``input_dim`` is its number of encoded features and there is no task family.
+    """
+    net = network(cfg, input_dim=input_dim)
+    table = bool(cfg.data.path)
+    return RunObjects(
+        train_family=None if table else train_family(cfg),
+        heldout_family=None if table else heldout_family(cfg),
+        network=net,
+        linear=cfg.network.kind == "linear",
+        rule=rule(cfg, net),
+        maml_optimizer=maml_optimizer(cfg),
+        method=cfg.inference.method,
+        method_settings=method_settings(cfg),
+        keys=keys(cfg.run.seed),
+    )
 
 
 def train_family(cfg: Config):
@@ -36,18 +84,18 @@ def draw_tasks(family, key, num_tasks: int):
     return jax.jit(lambda k: family.sample(k, num_tasks, return_params=True))(key)
 
 
-def network(cfg: Config) -> Network:
-    """The network of ``[network]``: input and output sizes come from the family."""
+def network(cfg: Config, *, input_dim: int | None = None) -> Network:
+    """The network of ``[network]``: input and output sizes come from the family (or ``input_dim``, a table's)."""
     if cfg.network.kind == "linear":
         return linear()
-    sizes = (cfg.family.input_dim, *cfg.network.hidden, cfg.family.output_dim)
+    sizes = (cfg.family.input_dim if input_dim is None else int(input_dim), *cfg.network.hidden, cfg.family.output_dim)
     return mlp(sizes, activation=cfg.network.activation, init=cfg.network.init)
 
 
-def initial_params(cfg: Config, net: Network, key):
+def initial_params(cfg: Config, net: Network, key, *, input_dim: int | None = None):
     """θ₀ for meta-training: the MLP's random initialisation, or zeros for the linear model."""
     if cfg.network.kind == "linear":
-        return {"w": jnp.zeros((cfg.family.input_dim,))}
+        return {"w": jnp.zeros((cfg.family.input_dim if input_dim is None else int(input_dim),))}
     return net.init(key)
 
 
@@ -62,8 +110,11 @@ def rule(cfg: Config, net: Network, *, step_size=None) -> GradientSteps:
     )
 
 
-def spec(cfg: Config, net: Network, params, *, step_size=None) -> ModelSpec:
-    """The :class:`~hbmeta.ModelSpec`: ``params`` is the template (and the prior's centre when ``centre = "maml"``)."""
+def spec(cfg: Config, net: Network, params, *, step_size=None, rule_=None) -> ModelSpec:
+    """The :class:`~hbmeta.ModelSpec`: ``params`` is the template (and the prior's centre when ``centre = "maml"``).
+
+    ``rule_`` is the already built rule (:class:`RunObjects`); it is rebuilt only with a learned ``step_size``.
+    """
     p, lik = cfg.prior, cfg.likelihood
     prior = NormalPrior(loc=p.loc, scale=p.scale, centre=params if p.centre == "maml" else None)
     if cfg.regression:
@@ -71,7 +122,7 @@ def spec(cfg: Config, net: Network, params, *, step_size=None) -> ModelSpec:
         likelihood = NormalLikelihood(noise=noise, noise_prior_scale=lik.noise_prior_scale)
     else:
         likelihood = CategoricalLikelihood()
-    r = rule(cfg, net, step_size=step_size)
+    r = rule_ if rule_ is not None and step_size is None else rule(cfg, net, step_size=step_size)
     ssp = StepSizePrior(loc=math.log(float(r.step_size)), scale=p.step_size_scale) if p.infer_step_size else None
     tau = None if p.explicit_tau == "off" else float(p.explicit_tau)
     return ModelSpec(r, params, prior=prior, likelihood=likelihood, step_size_prior=ssp, explicit_tau=tau)
@@ -94,15 +145,16 @@ def method_settings(cfg: Config, method: str | None = None) -> dict:
         return out
     if method == "svi":
         out = {"guide": s.guide, "num_steps": s.num_steps, "num_draws": s.num_draws,
-               "optimizer": optax.adam(s.learning_rate)}
+               "optimizer": make_optimizer("adam", s.learning_rate)}
         if s.guide == "low_rank" and s.rank > 0:
             out["rank"] = s.rank
         return out
     if method == "laplace":
         return {"num_steps": s.num_steps, "num_draws": s.num_draws,
-                "optimizer": None if s.optimizer == "lbfgs" else optax.adam(s.learning_rate)}
+                "optimizer": make_optimizer(s.optimizer, s.learning_rate)}
     if method == "svgd":
-        return {"num_particles": s.num_particles, "num_steps": s.num_steps, "optimizer": optax.adam(s.learning_rate)}
+        return {"num_particles": s.num_particles, "num_steps": s.num_steps,
+                "optimizer": make_optimizer(s.optimizer, s.learning_rate)}
     return {}
 
 

@@ -23,14 +23,15 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from importlib import resources
 
+from hbmeta import models
 from hbmeta.run import toml_writer as _toml
 from hbmeta.run.config_fields import FAMILIES, FamilyConfig, check, parse_family
 from hbmeta.run.config_sections import (  # noqa: F401  (re-exported: the sections are part of this module's API)
     SECTIONS,
     TOY_CAPS,
     AdaptationSection,
+    DataSection,
     EvaluationSection,
     InferenceSection,
     LikelihoodSection,
@@ -57,6 +58,7 @@ class Config:
     inference: InferenceSection
     evaluation: EvaluationSection
     run: RunSection
+    data: DataSection = field(default_factory=DataSection)
     source: str = field(default="<defaults>", compare=False)
 
     @property
@@ -167,6 +169,9 @@ def from_dict(raw: dict, *, where: str = "<dict>", cross_check: bool = True) -> 
 
 
 def _cross_check(cfg: Config, where: str) -> None:
+    if cfg.data.path:
+        _check_data(cfg, where)
+        return
     fam, tasks = cfg.family, cfg.tasks
     if cfg.regression != fam.regression:
         expected = "normal" if fam.regression else "categorical"
@@ -190,9 +195,22 @@ def _cross_check(cfg: Config, where: str) -> None:
             raise ValueError(f"{where}: tasks.{key} = {value}; expected a multiple of family.num_classes = {n}")
 
 
-def model_names() -> list[str]:
-    """The ready-made models shipped in ``hbmeta.models`` (TOML files)."""
-    return sorted(p.name[:-5] for p in resources.files("hbmeta.models").iterdir() if p.name.endswith(".toml"))
+def _check_data(cfg: Config, where: str) -> None:
+    """A ``[data]`` run: the table's columns are named and the model is a regression one (the table is read later)."""
+    d = cfg.data
+    for key in ("task", "x", "y"):
+        if not getattr(d, key):
+            raise ValueError(f"{where}: data.{key} is empty; expected the name of the "
+                             + {"task": "group column", "x": "input column(s), e.g. [\"days\"]", "y": "target column"}[key]
+                             + f" of the table data.path = {d.path!r}")
+    if not cfg.regression:
+        raise ValueError(f"{where}: likelihood.kind = {cfg.likelihood.kind!r} with a [data] table; expected 'normal' "
+                         "(tables give real-valued targets)")
+    if cfg.network.kind == "linear" and cfg.network.hidden:
+        raise ValueError(f"{where}: network.hidden = {list(cfg.network.hidden)} with kind = 'linear'; expected []")
+    unknown = sorted(set(d.categorical) - set(d.x))
+    if unknown:
+        raise ValueError(f"{where}: data.categorical = {list(d.categorical)}: {unknown} not in data.x = {list(d.x)}")
 
 
 def resolve_source(source: str | None):
@@ -208,10 +226,10 @@ def resolve_source(source: str | None):
             return fh.read().decode("utf-8", errors="replace"), source
     if source.endswith(".toml") or os.sep in source:
         raise ValueError(f"config file {source!r} does not exist; expected a path to a .toml file")
-    names = model_names()
+    names = models.names()
     if source not in names:
         raise ValueError(f"unknown model {source!r}; expected one of {', '.join(names)} or a path to a .toml file")
-    return resources.files("hbmeta.models").joinpath(f"{source}.toml").read_text("utf-8"), f"model {source} ({source}.toml)"
+    return models.read(source), f"model {source} ({source}.toml)"
 
 
 def parse_override(text: str):
@@ -267,11 +285,14 @@ def load_config(source=None, overrides=(), *, method=None, seed=None, toy=None) 
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{where}: malformed TOML: {e}") from None
     cfg = from_dict(raw, where=where)
-    items = [(*parse_override(o), f"override {o.strip()}") for o in overrides]
-    for flag, key, name in ((method, ("inference", "method"), "--method"), (seed, ("run", "seed"), "--seed"),
-                            (toy, ("run", "toy"), "--toy")):
-        if flag is not None:
-            items.append((key, flag, f"{name} {flag}"))
+    items = []
+    for o in overrides:  # "a.b=value", or ("a.b=value", label) where the caller names it its own way
+        text, label = (o, f"override {o.strip()}") if isinstance(o, str) else o
+        items.append((*parse_override(text), label))
+    for value, key, name in ((method, ("inference", "method"), "method"), (seed, ("run", "seed"), "seed"),
+                             (toy, ("run", "toy"), "toy")):
+        if value is not None:
+            items.append((key, value, f"{name}={value!r}"))
     for parts, value, what in items:
         if parts[0] == "family" and len(parts) == 2 and parts[1] == "name" and "family" in raw:
             raw = {**raw, "family": {"name": value}}  # another family: its own defaults

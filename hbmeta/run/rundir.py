@@ -21,8 +21,20 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from hbmeta.base.files import atomic_write, load_params
+from hbmeta.model.posterior import Posterior
+from hbmeta.run import build as _build
+from hbmeta.run.config import load_config
+from hbmeta.tasks.table import Standardization
 
 MARKER = "run.json"
+
+
+class RunDirectoryExists(ValueError):
+    """The run directory asked for already exists and is not empty (``path``: the directory)."""
+
+    def __init__(self, path: str):
+        super().__init__(f"out={path!r} already exists and is not an empty directory; expected a new directory")
+        self.path = path
 
 
 def new_run_path(name: str, *, out=None, runs_dir="runs") -> str:
@@ -34,7 +46,7 @@ def new_run_path(name: str, *, out=None, runs_dir="runs") -> str:
     if out is not None:
         out = os.fspath(out)
         if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-            raise ValueError(f"--out {out!r} already exists and is not an empty directory; expected a new directory")
+            raise RunDirectoryExists(out)
         return out
     base = os.path.join(runs_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     path, n = base, 1
@@ -93,7 +105,7 @@ class RunWriter:
             os.chmod(os.path.join(self.tmp, name), 0o666 & ~umask)
         os.chmod(self.tmp, 0o777 & ~umask)
         if os.path.isdir(self.final):
-            os.rmdir(self.final)  # an empty --out directory (checked by new_run_path)
+            os.rmdir(self.final)  # an empty `out` directory (checked by new_run_path)
         os.rename(self.tmp, self.final)
         return self.final
 
@@ -134,6 +146,7 @@ class LoadedRun(NamedTuple):
     posterior: Any
     maml_params: Any
     info: dict
+    scaler: Any = None  # the Standardization of a [data] table run (standardization.json), else None
 
 
 def load_run(path) -> LoadedRun:
@@ -149,14 +162,14 @@ def load_run(path) -> LoadedRun:
         run.posterior.samples["theta"].shape      # (chain, draw, P)
         hbmeta.sample_predictive(run.posterior, my_tasks, key=jax.random.key(0))
     """
-    from hbmeta.run import build as _build
-    from hbmeta.run.config import load_config
-    from hbmeta.model.posterior import Posterior
-
     info = check_run(path)
     cfg = load_config(os.path.join(path, "config.toml"))
     params, meta = load_params(os.path.join(path, "meta_params.npz"), with_metadata=True)
-    net = _build.network(cfg)
+    scaler = None
+    if os.path.isfile(os.path.join(path, "standardization.json")):  # a [data] table run
+        with open(os.path.join(path, "standardization.json"), encoding="utf-8") as fh:
+            scaler = Standardization.from_dict(json.load(fh))
+    net = _build.network(cfg, input_dim=None if scaler is None else scaler.num_features)
     spec = _build.spec(cfg, net, params, step_size=meta.get("step_size"))
     with np.load(os.path.join(path, "posterior.npz"), allow_pickle=False) as data:
         samples = {k: np.asarray(data[k]) for k in data.files}
@@ -165,4 +178,4 @@ def load_run(path) -> LoadedRun:
             f"{path!r}: posterior.npz theta has shape {samples['theta'].shape}; expected (chain, draw, {spec.num_params})"
         )
     posterior = Posterior(samples, spec, info.get("method", "unknown"), info.get("settings", {}))
-    return LoadedRun(os.fspath(path), cfg, spec, posterior, params, info)
+    return LoadedRun(os.fspath(path), cfg, spec, posterior, params, info, scaler)

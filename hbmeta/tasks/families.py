@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hbmeta.base.validate import check_int, check_positive
 from hbmeta.tasks.batch import TaskBatch
 
 
@@ -27,11 +28,6 @@ def _check_range(name, value):
     lo, hi = value
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise ValueError(f"{name}={value!r}; expected a finite (low, high) pair with low <= high")
-
-
-def _check_positive_int(name, value, minimum=1):
-    if int(value) != value or value < minimum:
-        raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}")
 
 
 def _uniform(key, shape, bounds):
@@ -96,15 +92,22 @@ class _Family:
         """
         num_support = self.num_support if num_support is None else num_support
         num_query = self.num_query if num_query is None else num_query
-        _check_positive_int("num_tasks", num_tasks)
-        _check_positive_int("num_support", num_support)
-        _check_positive_int("num_query", num_query, minimum=0)
+        check_int("num_tasks", num_tasks)
+        check_int("num_support", num_support)
+        check_int("num_query", num_query, minimum=0)
         self._check_points(num_support, num_query)
         tasks, params = _sample(self, key, int(num_tasks), int(num_support), int(num_query))
         return (tasks, params) if return_params else tasks
 
     def _check_points(self, num_support, num_query):
         """Family-specific checks of point counts (raise ValueError)."""
+
+    def _check_noise_and_points(self):
+        """The checks every regression family makes of its noise and its point counts."""
+        if not self.noise >= 0:
+            raise ValueError(f"noise={self.noise}; expected a non-negative standard deviation")
+        check_int("num_support", self.num_support)
+        check_int("num_query", self.num_query, minimum=0)
 
     def fixed(self, key, num_tasks: int, *, num_support=None, num_query=None) -> "FixedTasks":
         """A finite set of ``num_tasks`` tasks drawn once (e.g. BMAML's |T| = 100)."""
@@ -125,7 +128,9 @@ class _Family:
 
 @dataclass(frozen=True)
 class Sinusoid(_Family):
-    """``y = A sin(ω x − φ) + ε``: the MAML regression family (REFERENCE.md §2).
+    """``y = A sin(ω x − φ) + ε``: the MAML regression family.
+
+    See docs/references.md, the MAML sinusoid protocol.
 
     Defaults are the MAML protocol: ``A ~ U[0.1, 5]``, ``φ ~ U[0, π]``,
     ``ω = 1``, ``x ~ U[−5, 5]``, no noise, 10 support and 10 query points.
@@ -151,10 +156,7 @@ class Sinusoid(_Family):
     def __post_init__(self):
         for name in ("amplitude", "phase", "frequency", "x_range"):
             _check_range(name, getattr(self, name))
-        if not self.noise >= 0:
-            raise ValueError(f"noise={self.noise}; expected a non-negative standard deviation")
-        _check_positive_int("num_support", self.num_support)
-        _check_positive_int("num_query", self.num_query, minimum=0)
+        self._check_noise_and_points()
 
     def sample_params(self, key, n):
         ka, kp, kf = jax.random.split(key, 3)
@@ -177,7 +179,9 @@ class Sinusoid(_Family):
 
 @dataclass(frozen=True)
 class SinusoidAndLine(_Family):
-    """PLATIPUS's ambiguous mixture: each task is a sinusoid or a line (REFERENCE.md §3).
+    """PLATIPUS's ambiguous mixture: each task is a sinusoid or a line.
+
+    See docs/references.md, task families of the probabilistic variants.
 
     Sines as in :class:`Sinusoid`; lines ``y = a x + b`` with ``a ~ U[−3, 3]``,
     ``b ~ U[−3, 3]``; a task is a line with probability ``line_probability``.
@@ -205,10 +209,7 @@ class SinusoidAndLine(_Family):
             _check_range(name, getattr(self, name))
         if not 0.0 <= self.line_probability <= 1.0:
             raise ValueError(f"line_probability={self.line_probability}; expected a value in [0, 1]")
-        if not self.noise >= 0:
-            raise ValueError(f"noise={self.noise}; expected a non-negative standard deviation")
-        _check_positive_int("num_support", self.num_support)
-        _check_positive_int("num_query", self.num_query, minimum=0)
+        self._check_noise_and_points()
 
     def sample_params(self, key, n):
         ka, kp, ks, ki, kl = jax.random.split(key, 5)
@@ -238,7 +239,7 @@ class LinearGaussian(_Family):
 
     The closed-form reference family: with the linear model and a squared loss
     the gradient-step estimator is affine in θ and the posterior over θ is
-    Gaussian (REFERENCE.md §1).
+    Gaussian (docs/references.md, linear-Gaussian tasks).
 
     Example:
         >>> import jax
@@ -255,14 +256,10 @@ class LinearGaussian(_Family):
     num_query: int = 10
 
     def __post_init__(self):
-        _check_positive_int("dim", self.dim)
+        check_int("dim", self.dim)
         for name in ("scale", "x_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
-        if not self.noise >= 0:
-            raise ValueError(f"noise={self.noise}; expected a non-negative standard deviation")
-        _check_positive_int("num_support", self.num_support)
-        _check_positive_int("num_query", self.num_query, minimum=0)
+            check_positive(name, getattr(self, name))
+        self._check_noise_and_points()
 
     def sample_params(self, key, n):
         return {"w": self.mean + self.scale * jax.random.normal(key, (n, self.dim))}
@@ -304,13 +301,12 @@ class GaussianBlobs(_Family):
     regression = False
 
     def __post_init__(self):
-        _check_positive_int("num_classes", self.num_classes, minimum=2)
-        _check_positive_int("shots", self.shots)
-        _check_positive_int("query_shots", self.query_shots, minimum=0)
-        _check_positive_int("dim", self.dim)
+        check_int("num_classes", self.num_classes, minimum=2)
+        check_int("shots", self.shots)
+        check_int("query_shots", self.query_shots, minimum=0)
+        check_int("dim", self.dim)
         for name in ("centre_scale", "spread"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
+            check_positive(name, getattr(self, name))
 
     @property
     def num_support(self):

@@ -2,11 +2,11 @@
 
 Tasks are independent, so the task axis is the natural one to shard. The
 mesh uses ``AxisType.Auto`` (in jax ≥ 0.10 the default, Explicit, breaks the
-backward pass of the meta-gradient; STACK_NOTES.md). Sharded arrays then go
-through the ordinary ``jit``-compiled functions: XLA partitions the ``vmap``
-over tasks and sums the meta-gradient across devices correctly. (Taking
-``grad`` inside ``shard_map`` with a replicated θ would silently mix tasks'
-inner gradients; hbmeta does not do that.)
+backward pass of the meta-gradient; docs/references.md, the software stack).
+Sharded arrays then go through the ordinary ``jit``-compiled functions: XLA
+partitions the ``vmap`` over tasks and sums the meta-gradient across devices
+correctly. (Taking ``grad`` inside ``shard_map`` with a replicated θ would
+silently mix tasks' inner gradients; hbmeta does not do that.)
 """
 
 from __future__ import annotations
