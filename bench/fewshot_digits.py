@@ -59,7 +59,8 @@ def base_forward(params, x, impl):
         if impl == "xla":
             h = jax.lax.conv_general_dilated(h, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         else:
-            p = jax.lax.conv_general_dilated_patches(h, (3, 3), (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            p = jax.lax.conv_general_dilated_patches(h, (3, 3), (2, 2), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
             h = p @ jnp.transpose(w, (2, 0, 1, 3)).reshape(-1, w.shape[-1])
         mean = h.mean(axis=(0, 1, 2))
         var = h.var(axis=(0, 1, 2))
@@ -72,22 +73,25 @@ def base_loss(params, x, y, impl):
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
 
-def make_base_loop(impl, opt, alpha):
+def make_base_loop(impl, opt, alpha, src, meta_batch):
     def task_loss(params, xs, ys, xq, yq):
         g = jax.grad(base_loss)(params, xs, ys, impl)
         phi = jax.tree.map(lambda p, d: p - alpha * d, params, g)
         return base_loss(phi, xq, yq, impl)
 
-    def step(carry, batch):
-        params, state = carry
+    def step(carry, _):
+        params, state, key = carry
+        key, sub = jax.random.split(key)
+        t = src.sample(sub, meta_batch)  # the same episode sampler as hbmeta's run (not part of the MAML code)
+        batch = (t.x_support, t.y_support, t.x_query, t.y_query)
         loss, grads = jax.value_and_grad(
             lambda p: jnp.mean(jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0))(p, *batch)))(params)
         updates, state = opt.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), loss
+        return (optax.apply_updates(params, updates), state, key), loss
 
-    @jax.jit
-    def loop(carry, batches):
-        return jax.lax.scan(step, carry, batches)
+    @partial(jax.jit, static_argnums=1)
+    def loop(carry, n):
+        return jax.lax.scan(step, carry, None, length=n)
 
     return loop
 
@@ -95,17 +99,14 @@ def make_base_loop(impl, opt, alpha):
 def time_baseline(impl, src, *, filters, meta_batch, iterations, chunk, alpha):
     opt = optax.adam(1e-3)
     params = base_init(jax.random.key(0), filters, src.num_ways)
-    carry = (params, opt.init(params))
-    loop = make_base_loop(impl, opt, alpha)
-    sample = jax.jit(lambda k: jax.vmap(lambda kk: src.sample(kk, meta_batch))(jax.random.split(k, chunk)))
-    batches = sample(jax.random.key(1))
-    batches = (batches.x_support, batches.y_support, batches.x_query, batches.y_query)
-    carry, _ = loop(carry, batches)  # compile
+    carry = (params, opt.init(params), jax.random.key(1))
+    loop = make_base_loop(impl, opt, alpha, src, meta_batch)
+    carry, _ = loop(carry, chunk)  # compile
     jax.block_until_ready(carry)
     times = []
-    for i in range(max(1, iterations // chunk)):
+    for _ in range(max(1, iterations // chunk)):
         t0 = time.perf_counter()
-        carry, loss = loop(carry, batches)
+        carry, loss = loop(carry, chunk)
         jax.block_until_ready(loss)
         times.append((time.perf_counter() - t0) / chunk * 1000)
     return float(np.median(times))
@@ -175,7 +176,7 @@ def main(argv=None):
         n = a.xla_baseline_iterations
         ms_xla = time_baseline("xla", train_src, filters=a.filters, meta_batch=a.meta_batch, iterations=n,
                                chunk=min(10, n), alpha=a.step_size)
-    print("\nms per meta-iteration (meta-batch %d, median of chunks, compilation excluded)" % a.meta_batch)
+    print(f"\nms per meta-iteration (meta-batch {a.meta_batch}, median of chunks, compilation excluded)")
     print(f"  hbmeta train_maml + conv4             {ms_hb:8.2f}")
     print(f"  baseline jit+vmap, im2col patches     {ms_patch:8.2f}   ratio hbmeta / baseline {ms_hb / ms_patch:.3f}")
     if ms_xla is not None:
@@ -195,7 +196,8 @@ def main(argv=None):
     posts, times = {"maml": maml_post}, {"maml": t_maml}
     t0 = time.perf_counter()
     posts["svi (mean-field)"] = hb.infer(spec, post_tasks, method="svi", key=jax.random.key(a.seed + 3), init=maml_post,
-                                         num_steps=a.svi_steps, num_draws=32, subsample_size=min(16, a.posterior_episodes),
+                                         num_steps=a.svi_steps, num_draws=32,
+                                         subsample_size=min(16, a.posterior_episodes),
                                          progress=False)
     times["svi (mean-field)"] = time.perf_counter() - t0
     t0 = time.perf_counter()

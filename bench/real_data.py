@@ -130,7 +130,8 @@ def _pictures(name, cfg, res, data, nopool, pp, folder):
     bands["(c) partial pooling"] = [(xs[i], scale.y_to_original(mu.mean(axis=(0, 1))[i]), scale.y_to_original(q[0, i]),
                                      scale.y_to_original(q[1, i])) for i in range(len(index))]
     units = {"sleepstudy": "reaction time (ms)", "radon": "log radon (log pCi/L)"}[name]
-    plot_groups(os.path.join(folder, f"{name}_groups.png"), group_points(data, index, column), bands,
+    names = "county_name" if name == "radon" else None
+    plot_groups(os.path.join(folder, f"{name}_groups.png"), group_points(data, index, column, name_column=names), bands,
                 xlabel=column + (" (0 = basement, 1 = first floor)" if name == "radon" else ""), ylabel=units,
                 title=f"{name}: held-out groups (split 0), predictive mean and 90% interval", mode=mode)
 

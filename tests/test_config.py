@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 
+from hbmeta.models import names as model_names
 from hbmeta.run import toml_writer as _toml
 from hbmeta.run.config import (
     SECTIONS,
@@ -16,7 +17,6 @@ from hbmeta.run.config import (
     load_config,
     parse_override,
 )
-from hbmeta.models import names as model_names
 
 MODELS = ["blobs", "linear", "radon", "sinusoid", "sinusoid_line", "sleepstudy"]
 

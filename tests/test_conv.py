@@ -82,7 +82,7 @@ def test_task_normalisation_never_mixes_tasks(rng):
 
 
 def test_task_normalisation_standardises_each_channel_over_the_task():
-    """The first block's normalised pre-activations have mean `offset` and sd `scale` over the task's points and pixels."""
+    """The first block's normalised pre-activations: mean `offset`, sd `scale` over the task's points and pixels."""
     net, p = _params("task")
     x = jax.random.uniform(jax.random.key(3), (2, 5, 64))
     h = conv3x3(x.reshape(10, 8, 8, 1), p["conv"][0]["w"], 2).reshape(2, 5, 4, 4, -1)
@@ -110,7 +110,8 @@ def test_instance_normalisation_makes_points_independent(rng):
     ({"downsample": "avg"}, r"downsample='avg'; expected one of \['stride', 'pool'\]"),
     ({"norm": "batch"}, r"norm='batch'; expected one of \['task', 'instance', 'none'\]"),
     ({"image_shape": (8, 8)}, r"image_shape=\(8, 8\); expected \(height, width, channels\)"),
-    ({"norm": "instance", "image_shape": (8, 8, 1)}, r"norm='instance' with image_shape=\(8, 8, 1\): a block's feature map is 1×1"),
+    ({"norm": "instance", "image_shape": (8, 8, 1)},
+     r"norm='instance' with image_shape=\(8, 8, 1\): a block's feature map is 1×1"),
     ({"downsample": "pool", "image_shape": (8, 8, 1)}, r"4 blocks of 2×2 max-pooling leave no pixels"),
     ({"filters": 0}, r"filters=0; expected a positive integer"),
     ({"impl": "fft"}, r"impl='fft'; expected one of"),

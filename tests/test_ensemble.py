@@ -14,7 +14,8 @@ import optax
 import pytest
 
 import hbmeta as hb
-from hbmeta.inference.ensemble import holdout_blocks, holdout_noise
+from hbmeta.inference.ensemble import holdout_blocks
+from hbmeta.inference.holdout import holdout_noise
 
 
 def _sinusoid_setup(num_tasks=12):

@@ -183,7 +183,8 @@ def no_compilation(monkeypatch):
 @pytest.mark.parametrize(
     "method, settings, match",
     [
-        ("gibbs", {}, r"method='gibbs' is not known; expected one of \['nuts', 'hmc', 'svi', 'laplace', 'svgd', 'ensemble', 'maml'\]"),
+        ("gibbs", {},
+         r"method='gibbs' is not known; expected one of \['nuts', 'hmc', 'svi', 'laplace', 'svgd', 'ensemble', 'maml'\]"),
         ("svi", {"guide": "flow"}, "guide='flow' is not known; expected one of"),
         ("svi", {"guide": "mean_field", "rank": 3}, "rank=3 with guide='mean_field'"),
         ("svi", {"num_warmup": 10}, r"settings \['num_warmup'\] are not known for method='svi'"),

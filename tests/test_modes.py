@@ -1,9 +1,8 @@
 """Nested R-hat and per-mode diagnostics on cases with known answers."""
 
+import arviz as az
 import numpy as np
 import pytest
-
-import arviz as az
 
 from hbmeta.diagnostics.modes import mode_report, nested_rhat, per_mode_diagnostics
 

@@ -171,7 +171,7 @@ def test_summarize_regression_single_draw_and_mixture(x64):
     p = hb.Predictive(mu, None, mu.copy(), np.array([[0.5, 1.0]]), None, None)
     s = hb.summarize(p, levels=(0.8,))
     lo, hi = (float(a.squeeze()) for a in s.intervals[0.8])
-    cdf = lambda t: 0.5 * norm.cdf(t, -1, 0.5) + 0.5 * norm.cdf(t, 2, 1.0)  # noqa: E731
+    cdf = lambda t: 0.5 * norm.cdf(t, -1, 0.5) + 0.5 * norm.cdf(t, 2, 1.0)
     assert abs(cdf(lo) - 0.1) < 1e-9 and abs(cdf(hi) - 0.9) < 1e-9
     np.testing.assert_allclose(s.mean.squeeze(), 0.5)
     np.testing.assert_allclose(s.sd.squeeze(), np.sqrt(2.25 + (0.25 + 1.0) / 2))

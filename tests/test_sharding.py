@@ -1,8 +1,8 @@
 """Tasks sharded over 2 simulated CPU devices give the same meta-gradient as on one device.
 
 The trap of docs/references.md (the software stack): a gradient taken inside shard_map with
-respect to a replicated θ sums the inner gradients across devices, mixing tasks. hbmeta shards the task axis and lets jit
-partition the vmapped computation; these tests would catch a mixed-up inner step, since the
+respect to a replicated θ sums the inner gradients across devices, mixing tasks. hbmeta shards the task
+axis and lets jit partition the vmapped computation; these tests would catch a mixed-up inner step, since the
 tasks on the two devices have very different inner gradients.
 """
 

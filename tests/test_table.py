@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import hbmeta as hb
+import hbmeta.tasks.standardize as standardize_module
 import hbmeta.tasks.table as table_module
 from hbmeta.tasks.table import Standardization, split_groups, tasks_from_table
 
@@ -23,6 +24,7 @@ def _table(rng, sizes=(4, 7, 5, 9)):
 
 def test_docstring_examples():
     assert doctest.testmod(table_module).failed == 0
+    assert doctest.testmod(standardize_module).failed == 0
 
 
 def test_one_task_per_group_with_masks_rows_and_standardised_values(rng):
@@ -143,7 +145,8 @@ def test_metrics_in_original_units_match_metrics_computed_in_original_units(rng)
     std = {"mse": float(hb.predictive_mse(mean, y)), "nll": float(hb.mixture_nll(mean, noise, y)),
            "coverage_90": float(hb.coverage(mean, noise, y, level=0.9))}
     orig_mean, orig_noise, orig_y = s.y_to_original(mean), s.sd_to_original(noise), s.y_to_original(y)
-    direct = {"mse": float(hb.predictive_mse(orig_mean, orig_y)), "nll": float(hb.mixture_nll(orig_mean, orig_noise, orig_y)),
+    direct = {"mse": float(hb.predictive_mse(orig_mean, orig_y)),
+              "nll": float(hb.mixture_nll(orig_mean, orig_noise, orig_y)),
               "coverage_90": float(hb.coverage(orig_mean, orig_noise, orig_y, level=0.9))}
     converted = s.metrics_to_original(std)
     for k in direct:
@@ -152,7 +155,8 @@ def test_metrics_in_original_units_match_metrics_computed_in_original_units(rng)
 
 def test_small_tasks_are_an_error_or_dropped(rng):
     df = _table(rng)
-    with pytest.raises(ValueError, match=r"^task 'a' \(column 'group'\) has 4 rows; expected at least num_support \+ 1 = 5"):
+    message = r"^task 'a' \(column 'group'\) has 4 rows; expected at least num_support \+ 1 = 5"
+    with pytest.raises(ValueError, match=message):
         tasks_from_table(df, task="group", x=["t"], y="y", num_support=4)
     data = tasks_from_table(df, task="group", x=["t"], y="y", num_support=4, small_tasks="drop")
     assert data.dropped == ("a",) and data.groups.tolist() == ["b", "c", "d"]

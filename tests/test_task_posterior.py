@@ -81,11 +81,12 @@ def exact_conditional(xs, ys, xq, theta, tau=TAU, sigma=SIGMA, prior_mean="theta
 
 def exact_theta_posterior(tasks, prior_mean="theta"):
     """Mean and covariance of p(θ | tasks) ∝ N(θ; 0, s²I) Π_j p(Q_j | S_j, θ) for the linear model."""
-    xs, ys, xq, yq = (np.asarray(a, np.float64) for a in (tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query))
+    xs, ys, xq, yq = (np.asarray(a, np.float64)
+                      for a in (tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query))
     prec, lin = np.eye(D) / PRIOR_SCALE**2, np.zeros(D)
     for j in range(xs.shape[0]):
         # The conditional mean is affine in θ: G θ + c, with G and c read off at θ = 0 and the unit vectors.
-        cond = lambda t: exact_conditional(xs[j], ys[j, :, 0], xq[j], t, prior_mean=prior_mean)  # noqa: E731
+        cond = lambda t, j=j: exact_conditional(xs[j], ys[j, :, 0], xq[j], t, prior_mean=prior_mean)
         c, v = cond(np.zeros(D))
         g = np.stack([cond(e)[0] - c for e in np.eye(D)], axis=1)
         v_inv = np.linalg.inv(v)
@@ -174,8 +175,8 @@ def test_classification_woodbury_equals_dense_gauss_newton_step(x64, prior_mean)
     for j in range(3):
         phi = ravel_pytree(rule(theta, tasks.x_support[j], tasks.y_support[j]))[0]
         p = jax.nn.softmax(net.apply(unravel(phi), tasks.x_support[j]))
-        js = jax.jacobian(lambda q: net.apply(unravel(q), tasks.x_support[j]))(phi)  # (K, k, P)
-        jq = jax.jacobian(lambda q: net.apply(unravel(q), tasks.x_query[j]))(phi)
+        js = jax.jacobian(lambda q, x=tasks.x_support[j]: net.apply(unravel(q), x))(phi)  # (K, k, P)
+        jq = jax.jacobian(lambda q, x=tasks.x_query[j]: net.apply(unravel(q), x))(phi)
         h, g = np.eye(flat.size) / TAU**2, (phi - (flat if prior_mean == "theta" else phi)) / TAU**2
         for i in range(K):
             h = h + js[i].T @ (np.diag(p[i]) - np.outer(p[i], p[i])) @ js[i]
@@ -203,7 +204,8 @@ def test_model_log_density_matches_closed_form_marginal(x64):
         for j in range(tasks.num_tasks):
             x, y = np.concatenate([xs[j], xq[j]]), np.concatenate([ys[j], yq[j]])
             c = TAU**2 * x @ x.T + SIGMA**2 * np.eye(K + M)
-            ref += multivariate_normal(x @ theta, c).logpdf(y) - multivariate_normal(x[:K] @ theta, c[:K, :K]).logpdf(ys[j])
+            joint = multivariate_normal(x @ theta, c).logpdf(y)
+            ref += joint - multivariate_normal(x[:K] @ theta, c[:K, :K]).logpdf(ys[j])
         np.testing.assert_allclose(float(lp), ref, rtol=1e-10)
 
 
@@ -230,17 +232,17 @@ TRUTH_FAMILY = hb.LinearGaussian(dim=3, mean=1.0, scale=0.5, noise=0.3, num_supp
 
 
 def test_tau_and_noise_sites_are_sampled_and_recover_the_truth():
-    tasks = TRUTH_FAMILY.sample(jax.random.key(5), 150)
+    tasks = TRUTH_FAMILY.sample(jax.random.key(5), 120)
     spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.05), {"w": jnp.zeros(3)},
                         prior=hb.NormalPrior(scale=PRIOR_SCALE),
                         task_posterior=hb.TaskPosterior(tau_prior_scale=1.0, prior_mean="theta"))
-    post = hb.run_nuts(spec, tasks, key=jax.random.key(1), num_chains=1, num_warmup=200, num_samples=400,
+    post = hb.run_nuts(spec, tasks, key=jax.random.key(1), num_chains=1, num_warmup=150, num_samples=300,
                        progress=False)
-    assert post.samples["tau"].shape == post.samples["noise"].shape == (1, 400)
+    assert post.samples["tau"].shape == post.samples["noise"].shape == (1, 300)
     for name, truth in (("tau", 0.5), ("noise", 0.3), ("theta", np.ones(3))):
         draws = np.asarray(post.samples[name])
         ess = effective_sample_size(draws if draws.ndim == 3 else draws[..., None])
-        flat = draws.reshape(400, -1)
+        flat = draws.reshape(300, -1)
         sd, mcse = flat.std(0), flat.std(0) / np.sqrt(ess)
         assert np.all(ess > 100), (name, ess)
         # The truth lies within the posterior's own spread (3 sd) plus the Monte Carlo error of its mean.
@@ -249,7 +251,7 @@ def test_tau_and_noise_sites_are_sampled_and_recover_the_truth():
 
 
 def test_type_two_maximum_likelihood_finds_the_maximum_and_the_truth():
-    tasks = TRUTH_FAMILY.sample(jax.random.key(6), 200)
+    tasks = TRUTH_FAMILY.sample(jax.random.key(6), 150)
     spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.05), {"w": jnp.zeros(3)},
                         task_posterior=hb.TaskPosterior(prior_mean="theta"))
     theta = jnp.ones(3)
@@ -314,7 +316,7 @@ def test_masked_classification_points_have_no_influence(x64):
     padded = pad(tasks, 2, 3)
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss="cross_entropy", step_size=0.5), theta,
                         likelihood=hb.CategoricalLikelihood())
-    cast = lambda t: t._replace(x_support=jnp.asarray(t.x_support, jnp.float64),  # noqa: E731
+    cast = lambda t: t._replace(x_support=jnp.asarray(t.x_support, jnp.float64),
                                 x_query=jnp.asarray(t.x_query, jnp.float64))
     a, b = hb.task_predictive(spec, theta, cast(tasks), tau=TAU), hb.task_predictive(spec, theta, cast(padded), tau=TAU)
     np.testing.assert_allclose(a.probs, b.probs[:, :M], rtol=1e-9)
@@ -483,3 +485,31 @@ def test_fixed_tau_without_draws_and_classification_predictive():
     np.testing.assert_allclose(pred.probs.sum(-1), 1.0, rtol=1e-5)
     metrics = hb.predictive_metrics(post, blobs, key=0, predictive=pred)
     assert set(metrics) == {"accuracy", "nll", "brier", "ece"}
+
+
+def test_maml_posterior_records_tau_and_a_posterior_init_carries_it():
+    tasks = linear_tasks(6, seed=11)
+    spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=ALPHA), {"w": jnp.zeros(D)},
+                        task_posterior=hb.TaskPosterior())
+    post = hb.maml_posterior(spec, {"w": jnp.ones(D)}, tasks, tau=0.3, noise=0.2)
+    assert float(post.samples["tau"][0, 0]) == pytest.approx(0.3) and post.settings["tau"] == 0.3
+    from hbmeta.inference.common import init_values
+
+    values = init_values(spec, post, tasks.num_tasks)
+    assert float(values["tau"]) == pytest.approx(0.3) and float(values["noise"]) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="spec.task_posterior is None"):
+        hb.maml_posterior(hb.ModelSpec(spec.rule, spec.params), {"w": jnp.ones(D)}, tasks, tau=0.3)
+    with pytest.raises(ValueError, match="tau=-0.3"):
+        hb.maml_posterior(spec, {"w": jnp.ones(D)}, tasks, tau=-0.3)
+
+
+def test_float32_model_is_finite_far_from_any_fit():
+    # NumPyro starts chains at θ ~ U(−2, 2) in unconstrained space: there τ²K dwarfs σ², and the conditional
+    # covariance (a difference of such matrices) needs the rounding-level jitter to stay positive definite.
+    net = hb.mlp((1, 40, 40, 1))
+    theta = net.init(jax.random.key(0))
+    spec = hb.ModelSpec(hb.GradientSteps(net.apply), theta, task_posterior=hb.TaskPosterior())
+    tasks = hb.Sinusoid(num_support=5).sample(jax.random.key(1), 4)
+    wild = jax.random.uniform(jax.random.key(2), (spec.num_params,), minval=-2, maxval=2)
+    lp, _ = log_density(hb.build_model(spec), (tasks,), {}, {"theta": wild, "tau": 5.0, "noise": 0.15})
+    assert np.isfinite(float(lp))

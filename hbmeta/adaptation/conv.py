@@ -32,7 +32,7 @@ features)`` inputs works unchanged; ``apply`` reshapes them.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

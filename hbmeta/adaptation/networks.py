@@ -7,7 +7,8 @@ of ``{"w": (n_in, n_out), "b": (n_out,)}`` dicts, one per layer.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -10,8 +10,9 @@ quadratic loss with Hessian ``H`` and minimiser ``φ*``, ``n`` steps give
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

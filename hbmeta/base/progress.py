@@ -56,20 +56,38 @@ class Progress:
             self.stream.flush()
 
 
-def run_in_chunks(run, carry, total: int, *, chunk_size: int, label: str, progress: bool, describe):
+def run_in_chunks(run, carry, total: int, *, chunk_size: int, label: str, progress: bool, describe,
+                  checkpoint=None):
     """Call ``run(carry, n) -> (carry, values)`` on chunks of ``n ≤ chunk_size`` until ``total``.
 
     ``run`` is a compiled loop (e.g. a ``lax.scan`` of ``n`` steps, ``n`` static); between
     chunks the progress display is updated with ``describe(values_of_the_chunk)``.
     Returns the final carry and the per-step values of all chunks, concatenated.
+
+    With ``checkpoint`` (a :class:`~hbmeta.base.checkpoint.Checkpointer`), the loop first
+    continues from the checkpoint's carry if there is one, and saves its carry after chunks
+    (as often as the checkpointer asks, and after the last). The chunks keep their boundaries
+    (multiples of ``chunk_size``), so a resumed loop makes exactly the calls an uninterrupted
+    one makes and ends with the same carry, bit for bit.
     """
     bar = Progress(label, total, enabled=progress)
     chunks, done = [], 0
+    if checkpoint is not None:
+        restored = checkpoint.restore(carry)
+        if restored is not None:
+            carry, done, values = restored
+            if done > total or (done % chunk_size and done != total):
+                raise ValueError(f"checkpoint {checkpoint.path}: {done} steps done; expected a multiple of "
+                                 f"chunk_size={chunk_size} up to total={total} (another configuration)")
+            chunks.append(np.asarray(values))
+            bar.update(done, "resumed")
     while done < total:
         n = min(chunk_size, total - done)
         carry, values = run(carry, n)
         chunks.append(np.asarray(values))
         done += n
         bar.update(done, describe(chunks[-1]))
+        if checkpoint is not None:
+            checkpoint.maybe_save(carry, done, np.concatenate(chunks), final=done == total)
     bar.close()
     return carry, np.concatenate(chunks)

@@ -87,8 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("-q", "--quiet", action="store_true", help="no progress output")
         return s
 
-    job("run", "meta-train MAML, fit the posterior, evaluate on held-out tasks and write a run directory",
-        _RUN_EXAMPLES)
+    run = job("run", "meta-train MAML, fit the posterior, evaluate on held-out tasks and write a run directory",
+              _RUN_EXAMPLES)
+    run.add_argument("--resume", metavar="RUN_OR_PARTIAL_DIR",
+                     help="continue an interrupted run from its checkpoints (its directory or its hidden "
+                          ".NAME.partial-PID directory); the result is the one an uninterrupted run gives")
     fit = job("fit", "meta-train MAML and fit the posterior only (optionally on your own tasks)", _FIT_EXAMPLES)
     fit.add_argument("--tasks", metavar="FILE.npz", help="your training tasks instead of the model's family")
 
@@ -96,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="adapted predictions for your own support set from a finished run",
                         description="Adapt every posterior draw to your support set and predict query inputs.")
     pr.add_argument("run", metavar="RUN", help="a run directory written by `hbmeta run` or `hbmeta fit`")
-    pr.add_argument("--support", required=True, metavar="FILE", help="support set (.csv or .npz; for a run on a [data] table: "
-                                                                     "a .csv/.parquet table of the new group's rows)")
+    pr.add_argument("--support", required=True, metavar="FILE",
+                    help="support set (.csv or .npz; for a run on a [data] table: a .csv/.parquet table of the new "
+                         "group's rows)")
     pr.add_argument("--query", metavar="FILE", help="query inputs (.csv or .npz; default: a grid for 1-D inputs, "
                                                     "else the support inputs)")
     pr.add_argument("--out", metavar="FILE.csv", help="write the predictions here (default: standard output)")
@@ -177,6 +181,8 @@ def _cmd_job(a, *, fit_only: bool) -> int:
     from hbmeta.run.rundir import RunDirectoryExists
 
     source, overrides = _split_args(a.args)
+    if getattr(a, "resume", None):
+        return _resume(a, source, overrides)
     overrides = overrides + list(a.overrides) + (["run.progress=false"] if a.quiet else [])
     # The flags as overrides that carry their own names, so an error says "--seed -1: ..."
     flags = [(f"inference.method={a.method}", f"--method {a.method}")] if a.method is not None else []
@@ -199,6 +205,25 @@ def _cmd_job(a, *, fit_only: bool) -> int:
     return 0
 
 
+def _resume(a, source, overrides) -> int:
+    """``hbmeta run --resume DIR``: the interrupted run's own configuration, continued from its checkpoints."""
+    from hbmeta.run.config import load_config
+    from hbmeta.run.pipeline import run_pipeline
+    from hbmeta.run.rundir import find_partial
+
+    given = [f for f, v in (("MODEL-or-PATH", source), ("overrides", overrides or a.overrides), ("--out", a.out),
+                            ("--method", a.method), ("--seed", a.seed), ("--toy", a.toy)) if v]
+    if given:
+        raise CommandError(f"--resume continues a run with its own configuration; expected no {', '.join(given)}")
+    final, partial = find_partial(a.resume)
+    cfg = load_config(os.path.join(partial, "config.toml"), ["run.progress=false"] if a.quiet else [])
+    if cfg.run.toy:
+        _fast_compile()
+    _use_cpu_cores()
+    run_pipeline(cfg, out=final, resume=partial)
+    return 0
+
+
 def _cmd_predict(a) -> int:
     from hbmeta.cli.predict import predict_command
 
@@ -208,11 +233,12 @@ def _cmd_predict(a) -> int:
 
 def _cmd_diagnose(a) -> int:
     from hbmeta.diagnostics.arviz import diagnose, load_netcdf
-    from hbmeta.run.rundir import check_run
     from hbmeta.plots import plot_rank, plot_trace
+    from hbmeta.run.rundir import check_run, verify_files
 
     info = check_run(a.run)
-    idata = load_netcdf(os.path.join(a.run, "posterior.nc"))
+    idata = load_netcdf(os.path.join(a.run, "posterior.nc"), num_parameters=info.get("num_parameters"))
+    verify_files(a.run, info, ["posterior.nc"])
     d = diagnose(idata, warn=False)
     print(d.text)
     print()

@@ -19,38 +19,50 @@ import os
 
 import numpy as np
 
-from hbmeta.base.files import atomic_write
+from hbmeta.base.files import BadFileError, atomic_write, check_numeric, check_readable, read_npz
 from hbmeta.tasks.batch import make_tasks
 
 
 def _read_csv(path) -> np.ndarray:
+    path = check_readable(path, "CSV file")
     rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
-            cells = [c.strip() for c in row]
-            if not cells or all(c == "" for c in cells) or cells[0].startswith("#"):
-                continue
-            try:
-                rows.append((line_no, [float(c) for c in cells]))
-            except ValueError:
-                if rows:
-                    raise ValueError(f"{path}: line {line_no} has a value that is not a number: {row!r}") from None
-                continue  # a header line
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            _csv_rows(path, fh, rows)
+    except UnicodeDecodeError as e:
+        raise BadFileError(path, f"is not UTF-8 text (byte {e.start}): a binary or damaged file; expected "
+                                 "comma-separated numbers") from None
+    except csv.Error as e:
+        raise BadFileError(path, f"is not a readable CSV file ({e}); expected comma-separated numbers") from None
     if not rows:
-        raise ValueError(f"{path} has no rows of numbers; expected one point per line, comma-separated")
+        raise BadFileError(path, "has no rows of numbers; expected one point per line, comma-separated")
     width = len(rows[0][1])
     for line_no, values in rows:
         if len(values) != width:
-            raise ValueError(f"{path}: line {line_no} has {len(values)} columns; expected {width} like the first row")
+            raise BadFileError(path, f"line {line_no} has {len(values)} columns; expected {width} like the first "
+                                     "row (a cut-off or damaged line?)")
     return np.asarray([v for _, v in rows], dtype=np.float64)
 
 
+def _csv_rows(path, fh, rows) -> None:
+    for line_no, row in enumerate(csv.reader(fh), start=1):
+        cells = [c.strip() for c in row]
+        if not cells or all(c == "" for c in cells) or cells[0].startswith("#"):
+            continue
+        try:
+            rows.append((line_no, [float(c) for c in cells]))
+        except ValueError:
+            if rows:
+                raise BadFileError(path, f"line {line_no} has a value that is not a number: "
+                                         f"{', '.join(cells)[:80]!r}") from None
+            continue  # a header line
+
+
 def _read_npz(path, names) -> dict:
-    with np.load(path, allow_pickle=False) as data:
-        missing = [n for n in names if n not in data.files]
-        if missing:
-            raise ValueError(f"{path} has arrays {sorted(data.files)}; expected {', '.join(names)}")
-        return {n: np.asarray(data[n]) for n in data.files}
+    data = read_npz(path, names=names)
+    for name, array in data.items():
+        check_numeric(path, name, array)
+    return data
 
 
 def _check_file(path, what):
@@ -100,7 +112,8 @@ def read_query(path, *, input_dim: int) -> np.ndarray:
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or x.shape[1] != input_dim:
-        raise ValueError(f"query file {path} has {x.shape[-1]} columns; expected {input_dim} input column(s)")
+        raise ValueError(f"query file {path}: inputs of shape {x.shape}; expected (points, {input_dim}), "
+                         f"{input_dim} input column(s)")
     return x.astype(np.float32)
 
 

@@ -18,10 +18,12 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from hbmeta.base.files import atomic_write
-from hbmeta.model.posterior import Posterior
+from hbmeta.base.files import BadFileError, atomic_write, check_readable
 from hbmeta.base.jax_checks import as_key
 from hbmeta.base.validate import check_type
+from hbmeta.diagnostics.modes import mode_report, per_mode_diagnostics
+from hbmeta.inference import registry
+from hbmeta.model.posterior import Posterior
 from hbmeta.predict.predictive import Predictive, sample_predictive
 from hbmeta.tasks.batch import TaskBatch
 
@@ -31,7 +33,22 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
     import arviz
 
-MCMC_METHODS = ("nuts", "hmc")
+MCMC_METHODS = ("nuts", "hmc", "mclmc")
+# Which diagnostics apply, by the kind of draws a method gives (hbmeta.inference.registry).
+APPLIES = {
+    "mcmc": "Draws of Markov chains: R-hat and bulk/tail ESS on invariant functionals apply, with the usual bars "
+            "(R-hat < 1.01, ESS >= 400), and divergences must be 0.",
+    "modes": "Markov chains started in different modes on purpose (superchains from ensemble members): the plain "
+             "R-hat across modes is large by design and does not apply; R-hat within each mode and the stratified "
+             "ESS of the equal-weight mixture do (hbmeta.diagnostics.modes).",
+    "iid": "Independent draws from a fitted distribution: R-hat is 1 and ESS the number of draws by construction, so "
+           "they only describe Monte Carlo error, not how close the approximation is to the posterior (compare "
+           "held-out metrics or methods for that).",
+    "particles": "A fixed set of particles or independently trained members, one draw each: there are no chains to "
+                 "compare, so R-hat and ESS do not apply; the number of particles bounds the resolution of the "
+                 "predictive mixture.",
+    "point": "One point estimate: nothing to diagnose; the predictive's spread is the noise scale alone.",
+}
 _STAT_NAMES = {"potential_energy": "lp", "accept_prob": "acceptance_rate", "num_steps": "n_steps"}
 NOT_IDENTIFIABLE = (
     "Raw network weights θ are not identifiable: hidden units can be permuted and their signs flipped "
@@ -74,9 +91,11 @@ def _group(idata, name):
 def _from_dict(groups: dict, *, coords, dims, attrs):
     az = _az()
     groups = {name: data for name, data in groups.items() if data}
-    if _v1(az):
-        return az.from_dict(groups, coords=coords, dims=dims, attrs={"/": attrs})
-    return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
+    with warnings.catch_warnings():  # an ensemble has more chains (members) than draws (one each), on purpose
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        if _v1(az):
+            return az.from_dict(groups, coords=coords, dims=dims, attrs={"/": attrs})
+        return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
 
 
 def _check_key(key):
@@ -111,25 +130,38 @@ def _posterior_vars(posterior: Posterior, reference, key):
     return data, dims
 
 
-def _task_log_likelihood(pred: Predictive, tasks: TaskBatch) -> np.ndarray:
-    """Σ over a task's (unmasked) query points of log p(y | φ̂ˢ_j): ``(chain, draw, task)``, in float64."""
-    w = np.ones(tasks.y_query.shape[:2]) if tasks.query_mask is None else np.asarray(tasks.query_mask, float)
-    if pred.regression:
-        mu = np.asarray(pred.mean, np.float64)
-        sd = np.asarray(pred.noise, np.float64)
-        sd = sd[:, :, None, None, None] if sd.ndim == 2 else sd  # (C, S) σˢ or per point (task-level option)
-        y = np.asarray(tasks.y_query, np.float64)
-        logp = -0.5 * np.log(2 * np.pi * sd**2) - 0.5 * np.square((y - mu) / sd)
-        per_point = np.sum(np.where(w[..., None] > 0, logp, 0.0), axis=-1)
-    else:
-        p = np.asarray(pred.probs, np.float64)
-        y = np.where(w > 0, np.asarray(tasks.y_query), 0)
-        py = np.take_along_axis(p, np.broadcast_to(y[..., None], p.shape[:-1] + (1,)), axis=-1)[..., 0]
-        per_point = np.where(w > 0, np.log(np.maximum(py, np.finfo(np.float64).tiny)), 0.0)
-    return np.sum(per_point * w, axis=-1)
+def _task_log_likelihood(pred: Predictive, tasks: TaskBatch, *, task_chunk: int = 16) -> np.ndarray:
+    """Σ over a task's (unmasked) query points of log p(y | φ̂ˢ_j): ``(chain, draw, task)``, in float64.
+
+    Computed ``task_chunk`` tasks at a time: the float64 temporaries take
+    about ``5 · 8 · C·S·task_chunk·M·o`` bytes whatever the number of tasks
+    (docs/scale.md, memory), beside the ``8 · C·S·T`` bytes of the result.
+    """
+    num_tasks = tasks.num_tasks
+    out = np.empty(tuple(pred.y.shape[:2]) + (num_tasks,))
+    mask = None if tasks.query_mask is None else np.asarray(tasks.query_mask, float)
+    for j in range(0, num_tasks, task_chunk):
+        part = slice(j, min(j + task_chunk, num_tasks))
+        y_all = np.asarray(tasks.y_query[part])
+        w = np.ones(y_all.shape[:2]) if mask is None else mask[part]
+        if pred.regression:
+            mu = np.asarray(pred.mean[:, :, part], np.float64)
+            sd = np.asarray(pred.noise, np.float64)
+            # (C, S) σˢ, or per point (task-level option)
+            sd = sd[:, :, None, None, None] if sd.ndim == 2 else sd[:, :, part]
+            y = y_all.astype(np.float64)
+            logp = -0.5 * np.log(2 * np.pi * sd**2) - 0.5 * np.square((y - mu) / sd)
+            per_point = np.sum(np.where(w[..., None] > 0, logp, 0.0), axis=-1)
+        else:
+            p = np.asarray(pred.probs[:, :, part], np.float64)
+            y = np.where(w > 0, y_all, 0)
+            py = np.take_along_axis(p, np.broadcast_to(y[..., None], p.shape[:-1] + (1,)), axis=-1)[..., 0]
+            per_point = np.where(w > 0, np.log(np.maximum(py, np.finfo(np.float64).tiny)), 0.0)
+        out[:, :, part] = np.sum(per_point * w, axis=-1)
+    return out
 
 
-def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predictive=None, key=None):
+def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predictive=None, key=None, devices=None):
     """ArviZ data of a posterior (any method) and the tasks it was fitted on.
 
     Groups: ``posterior`` (``theta`` over ``parameter``, ``noise``,
@@ -151,6 +183,8 @@ def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predicti
         predictive: a :class:`~hbmeta.Predictive` of ``tasks`` already sampled,
             to avoid sampling it again.
         key: PRNG key for the sampled targets (default ``jax.random.key(0)``).
+        devices: split the tasks of the predictive (and so of the per-task
+            log-likelihood) over these devices (:func:`~hbmeta.sample_predictive`).
 
     Example:
         >>> import jax
@@ -167,7 +201,7 @@ def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predicti
     check_type("tasks", tasks, TaskBatch)
     k_pred, k_ref = jax.random.split(_check_key(key))
     if predictive is None:
-        predictive = sample_predictive(posterior, tasks, key=k_pred)
+        predictive = sample_predictive(posterior, tasks, key=k_pred, devices=devices)
     expected = (posterior.num_chains, posterior.num_draws) + tuple(tasks.x_query.shape[:2])
     if not isinstance(predictive, Predictive) or predictive.y.shape[:4] != expected:
         got = getattr(getattr(predictive, "y", None), "shape", None)
@@ -221,12 +255,44 @@ def save_netcdf(idata, path) -> str:
     return path
 
 
-def load_netcdf(path):
-    """Read ArviZ data written by :func:`save_netcdf`, fully into memory (the file is not held open)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"path={path!r} does not exist; expected a NetCDF file written by save_netcdf")
+def load_netcdf(path, *, num_parameters: int | None = None):
+    """Read ArviZ data written by :func:`save_netcdf`, fully into memory (the file is not held open).
+
+    The file is checked before it is returned: it must be a NetCDF/HDF5 file
+    (not truncated, emptied or replaced), written by hbmeta, with a
+    ``posterior`` group whose ``theta`` is a real ``(chain, draw, parameter)``
+    array, of ``num_parameters`` parameters when that is given (a file from
+    another run is refused).
+
+    Raises:
+        hbmeta.BadFileError: (a ``ValueError``) one line naming the file and what is wrong.
+    """
+    path = check_readable(path, "NetCDF file")
     az = _az()
+    try:
+        data = _read_netcdf(az, path)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise BadFileError(path, f"is not a readable NetCDF (HDF5) file: truncated, damaged or another kind of "
+                                 f"file ({reason})") from None
+    names = _group_names(data)
+    if "posterior" not in names:
+        raise BadFileError(path, f"has groups {names}; expected ArviZ data written by hbmeta (a posterior group)")
+    attrs = dict(getattr(data, "attrs", None) or {})
+    if attrs.get("inference_library") != "hbmeta":
+        raise BadFileError(path, f"was written by {attrs.get('inference_library', 'an unknown library')!r}; "
+                                 "expected a file written by hbmeta (hbmeta run, save_netcdf)")
+    theta = _group(data, "posterior").get("theta")
+    if theta is None or theta.dtype.kind != "f" or theta.ndim != 3:
+        got = "no theta" if theta is None else f"theta of {theta.dtype} with dims {tuple(theta.dims)}"
+        raise BadFileError(path, f"has {got} in its posterior group; expected real theta over (chain, draw, parameter)")
+    if num_parameters is not None and theta.shape[-1] != num_parameters:
+        raise BadFileError(path, f"holds theta of {theta.shape[-1]} parameters; expected {num_parameters} "
+                                 "(a file from another run or model)")
+    return data
+
+
+def _read_netcdf(az, path):
     if _v1(az):  # a DataTree; read fully so that the file is closed
         if hasattr(az, "from_netcdf"):
             data = az.from_netcdf(path)
@@ -261,6 +327,7 @@ class Diagnosis(NamedTuple):
     - ``text``: a readable report, including why raw weights are not checked.
     - ``divergences``: number of divergent transitions (0 for non-MCMC methods).
     - ``weights_rhat``: the largest R-hat over raw weights θ (for information only; NaN if one chain).
+    - ``divergences_per_chain``: divergent transitions of each chain (``()`` without sampler statistics).
     """
 
     summary: Any
@@ -268,6 +335,7 @@ class Diagnosis(NamedTuple):
     text: str
     divergences: int
     weights_rhat: float
+    divergences_per_chain: tuple = ()
 
 
 def diagnostic_draws(source, *, tasks=None, reference=None, key=None) -> dict:
@@ -279,17 +347,7 @@ def diagnostic_draws(source, *, tasks=None, reference=None, key=None) -> dict:
     first 4 of ``tasks`` and their first 5 query points are the reference.
     """
     post, _method, _ = _diagnostic_vars(source, tasks, reference, key)
-    out = {}
-    for name, value in post.items():
-        if name == "theta":
-            continue
-        value = np.asarray(value)
-        if value.ndim == 2:
-            out[name] = value
-        elif name == "reference_prediction":
-            for idx in np.ndindex(*value.shape[2:]):
-                out["f[" + ", ".join(map(str, idx)) + "]"] = value[(slice(None), slice(None)) + idx]
-    return out
+    return _flatten_functionals(post)
 
 
 def _diagnostic_vars(source, tasks, reference, key):
@@ -297,8 +355,7 @@ def _diagnostic_vars(source, tasks, reference, key):
         if reference is None and tasks is not None:
             reference = _trim(tasks, 4, 5)
         post, _ = _posterior_vars(source, reference, _check_key(key))
-        divergences = int(np.sum(np.asarray(source.sample_stats.get("diverging", 0))))
-        return post, source.method, divergences
+        return post, source.method, _per_chain(source.sample_stats.get("diverging"))
     names = _group_names(source)
     if "posterior" not in names:
         raise ValueError(f"source is a {type(source).__name__} without a posterior group; "
@@ -306,10 +363,51 @@ def _diagnostic_vars(source, tasks, reference, key):
     ds = _group(source, "posterior")
     post = {name: ds[name].values for name in ds.data_vars}
     method = str(getattr(source, "attrs", {}).get("method", ds.attrs.get("method", "unknown")))
-    divergences = 0
+    diverging = None
     if "sample_stats" in names and "diverging" in _group(source, "sample_stats"):
-        divergences = int(_group(source, "sample_stats")["diverging"].values.sum())
-    return post, method, divergences
+        diverging = _group(source, "sample_stats")["diverging"].values
+    return post, method, _per_chain(diverging)
+
+
+def _per_chain(diverging) -> tuple:
+    """Divergent transitions per chain, from a ``(chain, draw)`` array (``()`` when there is none)."""
+    if diverging is None or np.ndim(diverging) != 2:
+        return ()
+    return tuple(int(n) for n in np.asarray(diverging).sum(axis=1))
+
+
+def _kind(method: str) -> str | None:
+    if method in MCMC_METHODS:
+        return "mcmc"
+    return registry.METHODS[method].kind if method in registry.METHODS else None
+
+
+def _chain_modes(source):
+    """The ``chain_modes`` labels (chains started from ensemble members) of a Posterior or ArviZ data, or None."""
+    if isinstance(source, Posterior):
+        modes = source.settings.get("chain_modes")
+    else:
+        attrs = dict(getattr(source, "attrs", {}) or {})
+        try:
+            modes = json.loads(attrs.get("settings", "{}")).get("chain_modes")
+        except (TypeError, ValueError):
+            modes = None
+    return None if modes is None else np.asarray(modes)
+
+
+def _flatten_functionals(post) -> dict:
+    """Scalar sites and every element of ``reference_prediction`` as ``{name: (chain, draw)}``."""
+    out = {}
+    for name, value in post.items():
+        value = np.asarray(value)
+        if name == "theta":
+            continue
+        if value.ndim == 2:
+            out[name] = value
+        elif name == "reference_prediction":
+            for idx in np.ndindex(*value.shape[2:]):
+                out["f[" + ", ".join(map(str, idx)) + "]"] = value[(slice(None), slice(None)) + idx]
+    return out
 
 
 def _rhat_max(theta) -> float:
@@ -327,9 +425,15 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
     and the divergence count are computed on the scalar sites and on
     predictions at fixed reference inputs of reference tasks, never on raw
     weights (not identifiable; the text says so). For MCMC methods it warns
-    when R-hat > ``rhat_max``, ESS < ``ess_min`` or divergences > 0. For
-    SVI, Laplace, SVGD and MAML the draws are independent (or deterministic)
-    by construction, so convergence checks do not apply and none are warned.
+    when R-hat > ``rhat_max``, ESS < ``ess_min`` or divergences > 0. Chains
+    started from the members of an ensemble (``settings["chain_modes"]``,
+    e.g. :func:`~hbmeta.run_mclmc` or :func:`~hbmeta.run_nuts` with an
+    ensemble as ``init``) are checked per mode instead: R-hat within each mode
+    and the stratified ESS of the equal-weight mixture
+    (:func:`~hbmeta.diagnostics.modes.per_mode_diagnostics`). For SVI,
+    Laplace, SVGD, an ensemble and MAML the draws are independent, particles
+    or a point by construction, so convergence checks do not apply and none
+    are warned; the text says which diagnostics apply to the method.
 
     Args:
         source: a :class:`~hbmeta.Posterior` or ArviZ data from :func:`to_arviz`.
@@ -339,19 +443,32 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
         key: PRNG key (only used to sample reference predictions).
         warn: also issue each warning with ``warnings.warn``.
     """
-    post, method, divergences = _diagnostic_vars(source, tasks, reference, key)
+    post, method, per_chain = _diagnostic_vars(source, tasks, reference, key)
+    divergences = sum(per_chain)
     names = [n for n, v in post.items() if n != "theta" and (np.ndim(v) == 2 or n == "reference_prediction")]
     if not names:
         raise ValueError("nothing to diagnose: the posterior has no scalar sites and no reference predictions; "
                          "pass tasks= or reference= (reference tasks give invariant functionals)")
     az = _az()
     chains, draws = np.shape(post[names[0]])[:2]
-    data = az.convert_to_dataset({n: np.asarray(post[n]) for n in names})
-    kind = "all" if draws >= 4 else "stats"
-    summary = az.summary(data, kind=kind, round_to="none")
+    with warnings.catch_warnings():  # an ensemble has more chains (members) than draws (one each), on purpose
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        data = az.convert_to_dataset({n: np.asarray(post[n]) for n in names})
+        kind = "all" if draws >= 4 else "stats"
+        summary = az.summary(data, kind=kind, round_to="none")
     mcmc = method in MCMC_METHODS
-    found = []
-    if mcmc and kind == "all":
+    modes = _chain_modes(source)
+    found, mode_lines = [], []
+    if mcmc and kind == "all" and modes is not None:
+        by_mode = per_mode_diagnostics(_flatten_functionals(post), modes)
+        mode_lines = mode_report(by_mode, rhat_max=rhat_max, ess_min=ess_min)
+        if by_mode.rhat_max >= rhat_max:
+            found.append(f"R-hat within a mode is {by_mode.rhat_max:.3f} (at least {rhat_max}): the chains started "
+                         "in the same mode disagree, so they have not mixed within it; run longer chains.")
+        if by_mode.ess_mixture_min < ess_min:
+            found.append(f"The stratified ESS of the mixture is {by_mode.ess_mixture_min:.0f} for the worst quantity "
+                         f"(below {ess_min:g}): too few effectively independent draws; draw more samples.")
+    elif mcmc and kind == "all":
         rhat, ess = summary["r_hat"], summary[["ess_bulk", "ess_tail"]].min(axis=1)
         bad = rhat[rhat > rhat_max]
         if len(bad):
@@ -364,7 +481,7 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
                          f"checked quantities (smallest: {low.idxmin()} at {low.min():.0f}): too few effectively "
                          "independent draws for reliable intervals; draw more samples or thin less.")
     if mcmc and divergences > 0:
-        found.append(f"{divergences} divergent transitions: the sampler met regions it could not follow, so the "
+        found.append(f"{divergences} divergent transitions (per chain: {', '.join(map(str, per_chain))}): the sampler met regions it could not follow, so the "
                      "draws may be biased; raise target_accept_prob, lower the prior scale, or start from a "
                      "better point.")
     weights = _rhat_max(np.asarray(post["theta"])) if mcmc and "theta" in post else float("nan")
@@ -373,15 +490,17 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
     if np.isfinite(weights):
         lines.append(f"For information only, the largest R-hat over raw weights is {weights:.2f}; "
                      "that is expected and not a problem when the functionals agree.")
-    if not mcmc:
-        lines.append(f"Convergence checks apply to MCMC; draws from '{method}' are independent or deterministic "
-                     "by construction, so R-hat and ESS only describe Monte Carlo error, not the accuracy of "
-                     "the approximation.")
-    elif kind == "all":
+    what = "modes" if mcmc and modes is not None else _kind(method)
+    lines.append(f"Which diagnostics apply to '{method}': {APPLIES[what]}" if what in APPLIES else
+                 f"Method '{method}' is not a known one: the checks below are shown, no warnings are issued.")
+    if mode_lines:
+        lines += mode_lines
+    elif mcmc and kind == "all":
         lines.append(f"Largest R-hat {summary['r_hat'].max():.3f}, smallest bulk ESS {summary['ess_bulk'].min():.0f}, "
-                     f"smallest tail ESS {summary['ess_tail'].min():.0f}, divergences {divergences}.")
+                     f"smallest tail ESS {summary['ess_tail'].min():.0f}, divergences {divergences}"
+                     + (f" (per chain: {', '.join(map(str, per_chain))})." if per_chain else "."))
     lines += ["Warnings:"] + [f"- {w}" for w in found] if found else ["No warnings."]
     if warn:
         for message in found:
             warnings.warn(message, UserWarning, stacklevel=2)
-    return Diagnosis(summary, found, "\n".join(lines), divergences, weights)
+    return Diagnosis(summary, found, "\n".join(lines), divergences, weights, per_chain)

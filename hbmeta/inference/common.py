@@ -14,10 +14,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from numpyro import handlers
 from numpyro.distributions import biject_to
-
-import optax
 
 from hbmeta.base.jax_checks import as_key  # noqa: F401  (re-exported: the methods' checks in one import)
 from hbmeta.base.validate import check_choice, check_int  # noqa: F401  (likewise)
@@ -74,7 +73,7 @@ def init_values(spec: ModelSpec, init, num_tasks: int) -> dict | None:
                 f"expected {spec.num_params}, the length of this spec's θ"
             )
         values = {"theta": jnp.mean(jnp.asarray(init.samples["theta"]), axis=(0, 1))}
-        for name in ("noise", "phi"):
+        for name in ("noise", "tau", "phi"):
             if name in init.samples and _wants(spec, name):
                 values[name] = jnp.mean(jnp.asarray(init.samples[name]), axis=(0, 1))
         if "step_size" in init.samples and spec.step_size_prior is not None:
@@ -106,6 +105,8 @@ def init_values(spec: ModelSpec, init, num_tasks: int) -> dict | None:
 def _wants(spec, name):
     if name == "noise":
         return spec.likelihood.regression and spec.likelihood.noise is None
+    if name == "tau":  # the task-level option's latent τ
+        return spec.task_posterior is not None and spec.task_posterior.tau is None
     return spec.explicit_tau is not None
 
 

@@ -23,6 +23,7 @@ from hbmeta.inference.common import make_posterior
 from hbmeta.model.hierarchical import check_tasks
 from hbmeta.model.posterior import Posterior
 from hbmeta.model.spec import ModelSpec
+from hbmeta.tasks.sharding import place_tasks
 
 
 def allowed_settings(method: str) -> list[str]:
@@ -44,6 +45,8 @@ def infer(spec: ModelSpec, tasks, *, method: str, key, **settings) -> Posterior:
     ``"maml"`` wraps the point estimate given as ``init`` (a params pytree or a
     :class:`~hbmeta.MAMLResult`) with :func:`maml_posterior`. An unknown
     method or setting raises ``ValueError`` before any compilation.
+    ``devices=`` (an int, a list of devices or a Mesh; every method) splits
+    the tasks over several devices (:func:`hbmeta.tasks.sharding.resolve_mesh`).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -56,6 +59,7 @@ def infer(spec: ModelSpec, tasks, *, method: str, key, **settings) -> Posterior:
         >>> post.method, post.samples["theta"].shape
         ('laplace', (1, 10, 2))
     """
+    devices = settings.pop("devices", None)
     m = registry.get(method)
     if m.kind == "point":
         unknown = sorted(set(settings) - {"init", "noise", "step_size", "progress"})
@@ -66,23 +70,31 @@ def infer(spec: ModelSpec, tasks, *, method: str, key, **settings) -> Posterior:
         if init is None:
             raise ValueError("method='maml' needs init=: the MAML θ (a params pytree or a hbmeta.MAMLResult)")
         params = getattr(init, "params", init)
-        return maml_posterior(spec, params, tasks, noise=settings.get("noise"),
+        return maml_posterior(spec, params, place_tasks(tasks, devices), noise=settings.get("noise"),
                               step_size=settings.get("step_size", getattr(init, "step_size", None)))
     allowed = allowed_settings(method)
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
         raise ValueError(f"settings {unknown} are not known for method={method!r}; expected some of {allowed}")
+    if "devices" in allowed:
+        settings["devices"] = devices
+    else:  # a method without devices= of its own: its compiled steps follow the tasks' placement
+        tasks = place_tasks(tasks, devices)
     return m.load()(spec, tasks, key=key, **settings, **m.fixed)
 
 
-def maml_posterior(spec: ModelSpec, params, tasks, *, noise=None, step_size=None) -> Posterior:
+def maml_posterior(spec: ModelSpec, params, tasks, *, noise=None, step_size=None, tau=None) -> Posterior:
     """A MAML point estimate θ as a one-chain, one-draw :class:`~hbmeta.Posterior` (method ``"maml"``).
 
     For regression the noise scale σ is the root-mean-square residual of the
     adapted models on ``tasks``' query sets, ``σ² = mean_{j,q} ‖y_q − f_φ̂_j(x_q)‖²/o``
     (masked points excluded), unless ``noise`` is given. ``step_size``
     records a meta-learned α (e.g. ``MAMLResult.step_size`` with Meta-SGD's
-    scalar α) when it differs from the rule's.
+    scalar α) when it differs from the rule's. ``tau`` records τ for a spec
+    with the task-level option (``spec.task_posterior``), e.g. from
+    :func:`~hbmeta.fit_task_hyperparameters` on a fold of training tasks θ
+    did not see (σ from the training residuals is biased low: θ overfits its
+    own tasks; pass the σ fitted with τ as ``noise``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -114,5 +126,12 @@ def maml_posterior(spec: ModelSpec, params, tasks, *, noise=None, step_size=None
         else:
             check_positive("noise", noise)
         draws["noise"] = jnp.full((1, 1), noise)
-    settings = {"noise": None if noise is None else float(np.asarray(noise))}
+    if tau is not None:
+        if spec.task_posterior is None:
+            raise ValueError(f"tau={tau!r} is given but spec.task_posterior is None; expected a spec with "
+                             "hbmeta.TaskPosterior (τ is its prior scale)")
+        check_positive("tau", tau)
+        draws["tau"] = jnp.full((1, 1), float(tau))
+    settings = {"noise": None if noise is None else float(np.asarray(noise)),
+                "tau": None if tau is None else float(tau)}
     return make_posterior(spec, draws, method="maml", settings=settings)

@@ -13,48 +13,34 @@ about as well as stochastic-gradient MCMC and better than mean-field VI
 
 The noise scale σ is fitted on tasks that the members did not train on
 (``holdout="folds"``). The T training tasks are shuffled and cut into M
-blocks of ``b = ⌈T/M⌉`` (wrapping around when M does not divide T); member m
+blocks of ``⌈T/M⌉`` (wrapping around when M does not divide T); member m
 holds out blocks m and m + 1 (modulo M) and trains on the others, so every
-task is new to at least two members. On task j let ``O_j`` be those members
-and ``f_m`` member m's adapted prediction at a query input. Two averages over
-these out-of-sample predictions,
-
-    r² = mean over j, m ∈ O_j, q of ‖y − f_m‖²/o              (a member's error on a new task)
-    v  = mean over j, pairs a ≠ b in O_j, q of ‖f_a − f_b‖²/(2o)   (the members' spread on it)
-
-give, by ``mean_m ‖y − f_m‖² = ‖y − f̄‖² + mean_m ‖f_m − f̄‖²`` for the
-mixture mean ``f̄``, the error of the M-member mean on a new task,
-``E‖y − f̄‖²/o = r² − v(M − 1)/M``, and the expected spread of M members,
-``v(M − 1)/M``. The mixture ``(1/M) Σ_m N(f_m, σ²)`` matches that error in
-its second moment when
-
-    σ² = r² − 2 v (M − 1)/M.
-
-A σ from the members' own training residuals would be biased low: MAML
-overfits a finite task set (on the default sinusoid with |T| = 100 the
-training RMS residual is 0.58 and the error on new tasks 0.98). What bias
-remains: r² and v rest on the held-out predictions of members that trained on
-``T − 2b`` tasks, so they describe members a little worse than the final ones
-(σ is then slightly too large, a conservative error), and σ is matched in the
-second moment only. With ``holdout="none"`` every member trains on every task
-and σ_m is its own training RMS residual (biased low; for comparison).
+task is new to at least two members. Their out-of-sample errors and their
+spread fix the σ at which the equal-weight mixture's variance matches the
+error of its mean on new tasks (:mod:`hbmeta.inference.holdout`); with the
+task-level posterior (``spec.task_posterior``) each member's τ_m and σ_m are
+fitted by type-II maximum likelihood on its held-out tasks and then scaled
+the same way. A σ from the members' own training residuals would be biased
+low: MAML overfits a finite task set (on the default sinusoid with
+|T| = 100 the training RMS residual is 0.58 and the error on new tasks 0.98).
+With ``holdout="none"`` every member trains on every task and σ_m is its own
+training RMS residual (biased low; for comparison only).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.jax_checks import as_key
+from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_choice, check_int, check_type
 from hbmeta.inference.common import check_optimizer, json_settings, make_posterior
+from hbmeta.inference.holdout import holdout_noise, holdout_task_scale, member_noise
 from hbmeta.maml.train import _DEFAULT_OPTIMIZER, init_maml, maml_update
 from hbmeta.model.hierarchical import check_tasks
 from hbmeta.model.posterior import Posterior
@@ -93,6 +79,11 @@ def holdout_blocks(key, num_tasks: int, num_members: int, holdout: str = "folds"
     return train, held
 
 
+def ensemble_train_size(num_tasks: int, num_members: int, holdout: str = "folds") -> int:
+    """The tasks each member trains on: ``T − 2⌈T/M⌉`` with ``holdout="folds"``, ``T`` with ``"none"``."""
+    return num_tasks if holdout == "none" else num_tasks - 2 * -(-num_tasks // num_members)
+
+
 def _member_inits(init, spec: ModelSpec, keys, num_members: int):
     """Initial θ of every member as a params pytree with a leading member axis."""
     if init is None:
@@ -100,7 +91,10 @@ def _member_inits(init, spec: ModelSpec, keys, num_members: int):
             "init is None; expected the network's initialiser (e.g. hb.mlp(...).init, a function key -> params) "
             f"or the {num_members} members' initial params stacked along a leading axis"
         )
-    params = jax.vmap(init)(keys) if callable(init) else init
+    if callable(init):  # one call per member: the initialiser need not be vmappable
+        params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[init(k) for k in keys])
+    else:
+        params = init
     structure = jax.tree.structure(spec.params)
     if jax.tree.structure(params) != structure:
         raise ValueError(
@@ -149,90 +143,6 @@ def make_ensemble_loop(*, rule, optimizer, meta_batch_size: int):
     return loop
 
 
-def member_noise(spec: ModelSpec, flat_theta, tasks, index):
-    """RMS residual ``σ_m`` of member m's adapted models on the tasks ``index[m]``: a ``(M,)`` array.
-
-    ``σ_m² = Σ_{j ∈ index[m], q} w_jq ‖y_jq − f_φ̂_mj(x_jq)‖²/o / Σ w_jq``
-    (masked query points have weight 0): the maximum-likelihood σ of member
-    m on those tasks.
-    """
-    rule = spec.rule
-
-    def one(flat, idx):
-        t = tasks.take(idx)
-        phi = rule.adapt_tasks(spec.unravel(flat), t)
-        sq = jnp.mean(jnp.square(jax.vmap(rule.apply)(phi, t.x_query) - t.y_query), axis=-1)
-        w = jnp.ones_like(sq) if t.query_mask is None else t.query_mask.astype(sq.dtype)
-        return jnp.sqrt(jnp.sum(sq * w) / jnp.maximum(jnp.sum(w), 1.0))
-
-    return jax.jit(jax.vmap(one))(jnp.asarray(flat_theta), jnp.asarray(index))
-
-
-
-
-class HoldoutNoise(NamedTuple):
-    """The out-of-sample figures behind σ (``holdout="folds"``), floats.
-
-    - ``noise``: σ = sqrt(r² − 2v(M − 1)/M), floored at ``0.05·r``.
-    - ``member_mse``: r², a member's mean squared error on tasks it did not train on.
-    - ``spread``: v, half the mean squared difference of two members' predictions there.
-    - ``mixture_mse``: r² − v(M − 1)/M, the estimated error of the M-member mean on new tasks.
-    """
-
-    noise: float
-    member_mse: float
-    spread: float
-    mixture_mse: float
-
-
-def holdout_noise(spec: ModelSpec, flat_theta, tasks, holdout_index) -> HoldoutNoise:
-    """σ of the equal-weight mixture from out-of-sample predictions (see the module docstring).
-
-    ``flat_theta`` ``(M, P)`` are the members, ``holdout_index`` ``(M, n)``
-    the tasks each did not train on (every task should be new to two or more
-    members; tasks new to fewer members add nothing to the spread).
-
-    Example:
-        >>> import jax, jax.numpy as jnp, numpy as np
-        >>> import hbmeta as hb
-        >>> spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.1), {"w": jnp.zeros(1)})
-        >>> tasks = hb.LinearGaussian(dim=1, noise=0.5).sample(jax.random.key(0), 6)
-        >>> res = holdout_noise(spec, jnp.zeros((3, 1)), tasks, np.array([[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 0, 1]]))
-        >>> res.spread, round(res.noise ** 2, 6) == round(res.member_mse, 6)  # identical members: no spread
-        (0.0, True)
-    """
-    rule = spec.rule
-    flat_theta = jnp.asarray(flat_theta)
-    num_members = int(flat_theta.shape[0])
-    out = np.zeros((num_members, tasks.num_tasks))
-    for m, idx in enumerate(np.asarray(holdout_index)):
-        out[m, idx] = 1.0
-
-    @jax.jit
-    def sums(flat_theta, out):
-        def member(flat):
-            phi = rule.adapt_tasks(spec.unravel(flat), tasks)
-            return jax.vmap(rule.apply)(phi, tasks.x_query)
-
-        mu = jax.vmap(member)(flat_theta)  # (M, T, Mq, o)
-        o = mu.shape[-1]
-        w = jnp.ones(mu.shape[1:3]) if tasks.query_mask is None else tasks.query_mask.astype(mu.dtype)
-        c = out.astype(mu.dtype)[:, :, None]  # (M, T, 1): member m is out of sample on task j
-        sq = jnp.sum(jnp.square(mu - tasks.y_query), axis=-1) / o  # (M, T, Mq)
-        r2 = jnp.sum(c * sq * w) / jnp.sum(c * w)
-        n = jnp.sum(c, axis=0)  # (T, 1) out-of-sample members per task
-        # Σ_{a<b} c_a c_b ‖μ_a − μ_b‖² = n Σ_a c_a ‖μ_a‖² − ‖Σ_a c_a μ_a‖²  (per point)
-        s1 = jnp.sum(c[..., None] * mu, axis=0)
-        pair_sq = (n * jnp.sum(c * jnp.sum(jnp.square(mu), -1), axis=0) - jnp.sum(jnp.square(s1), -1)) / o
-        pairs = 0.5 * n * (n - 1)
-        v = 0.5 * jnp.sum(pair_sq * w) / jnp.sum(pairs * w)
-        return r2, v
-
-    r2, v = (float(a) for a in sums(flat_theta, jnp.asarray(out)))
-    factor = (num_members - 1) / num_members
-    sigma2 = max(r2 - 2 * v * factor, 0.05**2 * r2)
-    return HoldoutNoise(float(np.sqrt(sigma2)), r2, v, r2 - v * factor)
-
 def run_ensemble(
     spec,
     tasks,
@@ -274,13 +184,15 @@ def run_ensemble(
     Returns:
         :class:`~hbmeta.Posterior` with method ``"ensemble"``,
         ``samples["theta"]`` of shape ``(M, 1, P)`` and, for regression with
-        an inferred noise, ``samples["noise"]`` ``(M, 1)``; ``info``:
+        an inferred noise, ``samples["noise"]`` ``(M, 1)``; with the
+        task-level posterior ``samples["tau"]`` ``(M, 1)``; ``info``:
         ``losses`` ``(M, num_iterations)`` meta-losses, ``train_index`` and
         ``holdout_index`` (each member's task indices), ``member_keys``
         (``jax.random.key_data`` of each member's training key: member m is
         exactly ``train_maml(init_m, tasks.take(train_index[m]),
         key=wrap_key_data(member_keys[m]), ...)``), ``holdout_noise``
-        (the :class:`HoldoutNoise` figures as a dict, or None) and
+        (the :class:`~hbmeta.inference.holdout.HoldoutNoise` or
+        :class:`~hbmeta.inference.holdout.TaskScale` figures as a dict, or None) and
         ``wall_time`` (seconds).
 
     Example:
@@ -303,6 +215,11 @@ def run_ensemble(
     check_choice("holdout", holdout, HOLDOUTS)
     optimizer = check_optimizer(optimizer)
     check_tasks(spec, tasks)
+    if spec.task_posterior is not None and (holdout != "folds" or spec.task_posterior.tau is not None):
+        raise ValueError(
+            f"spec.task_posterior is set with holdout={holdout!r} and tau={spec.task_posterior.tau!r}; expected "
+            "holdout='folds' and TaskPosterior(tau=None): each member's τ and σ are fitted on its held-out tasks"
+        )
     num_tasks = tasks.num_tasks
     k_init, k_fold, k_train = jax.random.split(key, 3)
     train_index, holdout_index = holdout_blocks(k_fold, num_tasks, num_members, holdout)
@@ -334,7 +251,12 @@ def run_ensemble(
     draws = {"theta": flat[:, None, :]}
     fitted = None
     lik = spec.likelihood
-    if lik.regression and lik.noise is None:
+    if spec.task_posterior is not None:
+        fitted = holdout_task_scale(spec, flat, tasks, holdout_index)
+        draws["tau"] = jnp.asarray(fitted.tau, flat.dtype)[:, None]
+        if lik.regression and lik.noise is None:
+            draws["noise"] = jnp.asarray(fitted.noise, flat.dtype)[:, None]
+    elif lik.regression and lik.noise is None:
         if holdout == "folds":
             fitted = holdout_noise(spec, flat, tasks, holdout_index)
             noise = jnp.full((num_members,), fitted.noise, flat.dtype)
@@ -351,7 +273,8 @@ def run_ensemble(
         "member_keys": np.asarray(jax.random.key_data(member_keys)),
         "train_index": train_index,
         "holdout_index": holdout_index,
-        "holdout_noise": None if fitted is None else fitted._asdict(),
+        "holdout_noise": None if fitted is None else {k: (np.asarray(v) if isinstance(v, np.ndarray) else v)
+                                                      for k, v in fitted._asdict().items()},
         "wall_time": wall,
     }
     return make_posterior(spec, draws, method="ensemble", settings=settings, info=info)

@@ -31,6 +31,8 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer import init_to_uniform, init_to_value
 from numpyro.infer.util import initialize_model
 
+from hbmeta.base.progress import run_in_chunks
+from hbmeta.base.validate import check_choice
 from hbmeta.inference.common import (
     as_key,
     check_int,
@@ -41,11 +43,9 @@ from hbmeta.inference.common import (
     latent_transforms,
     make_posterior,
 )
-from hbmeta.base.validate import check_choice
 from hbmeta.inference.ggn import CURVATURES, check_ggn_spec, ggn_precision
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
-from hbmeta.base.progress import run_in_chunks
 
 
 def minimize(fun, x0, *, optimizer, num_steps: int, chunk_size: int = 500, progress: bool = False, label="MAP"):

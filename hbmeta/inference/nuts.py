@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import HMC, MCMC, NUTS, init_to_uniform, init_to_value
 
@@ -21,10 +22,12 @@ from hbmeta.inference.common import (
     check_int,
     init_values,
     json_settings,
+    latent_transforms,
     make_posterior,
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
+from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh
 
 KERNELS = ("nuts", "hmc")
 CHAIN_METHODS = ("parallel", "vectorized", "sequential")
@@ -36,6 +39,54 @@ def default_chain_method(num_chains: int) -> str:
     if num_chains == 1:
         return "sequential"
     return "parallel" if jax.local_device_count() >= num_chains else "vectorized"
+
+
+def choose_chain_method(num_chains: int, chain_method: str | None = None, *, task_devices: int = 1):
+    """``(chain_method, reason)``: how the chains run, and why, in words for the user.
+
+    With the tasks split over ``task_devices`` > 1 devices the devices are
+    busy with the tasks, so chains are vectorised (all chains on every
+    device's share of the tasks); otherwise :func:`default_chain_method`.
+
+    Example:
+        >>> choose_chain_method(4, task_devices=2)
+        ('vectorized', '4 chains vectorised; the tasks are split over 2 devices')
+    """
+    n = jax.local_device_count()
+    if chain_method is not None:
+        if chain_method == "parallel" and task_devices > 1:
+            raise ValueError(f"chain_method='parallel' with the tasks split over {task_devices} devices; expected "
+                             "'vectorized' (or devices=None to give each chain a device)")
+        return chain_method, f"{num_chains} chain(s) {chain_method}, as asked"
+    if task_devices > 1:
+        return "vectorized", f"{num_chains} chains vectorised; the tasks are split over {task_devices} devices"
+    method = default_chain_method(num_chains)
+    if method == "sequential":
+        return method, "one chain"
+    if method == "parallel":
+        return method, f"{num_chains} chains in parallel, one per device ({n} devices)"
+    return method, f"{num_chains} chains vectorised on one device (only {n} device(s) for {num_chains} chains)"
+
+
+def _chain_modes(num_members: int, num_chains: int) -> np.ndarray:
+    """Chain c starts at member ``c // (num_chains / num_members)``: ``(num_chains,)`` labels."""
+    if num_chains % num_members:
+        raise ValueError(f"num_chains={num_chains} with an init of {num_members} chains (ensemble members); expected "
+                         f"a multiple of {num_members}, the same number of chains from every member")
+    return np.repeat(np.arange(num_members), num_chains // num_members)
+
+
+def _member_starts(model, tasks, spec, init: Posterior, modes):
+    """Unconstrained initial values per chain: θ (and σ) of the member each chain starts from."""
+    transforms = latent_transforms(model, tasks)
+    values = {"theta": np.asarray(init.samples["theta"])[:, -1]}
+    if "noise" in transforms:
+        values["noise"] = np.asarray(init.noise())[:, -1]
+    missing = sorted(set(transforms) - set(values))
+    if missing:
+        raise ValueError(f"init gives no values for the sites {missing}; expected an init with every latent site "
+                         "of the model (or a single-chain init)")
+    return {name: transforms[name].inv(jnp.asarray(v[modes])) for name, v in values.items()}
 
 
 def run_nuts(
@@ -52,6 +103,7 @@ def run_nuts(
     kernel: str = "nuts",
     init=None,
     chain_method: str | None = None,
+    devices=None,
     progress: bool = True,
 ) -> Posterior:
     """Sample the posterior over θ (and σ, α when inferred) with NUTS or HMC.
@@ -68,11 +120,21 @@ def run_nuts(
         dense_mass: adapt a dense mass matrix instead of a diagonal one.
         kernel: ``"nuts"`` or ``"hmc"`` (static trajectory length 2π).
         init: start every chain here: a params pytree (θ), a
-            :class:`~hbmeta.MAMLResult`, or a :class:`~hbmeta.Posterior`
-            (its mean draw). Default: uniform in (−2, 2) in unconstrained space.
+            :class:`~hbmeta.MAMLResult`, or a one-chain
+            :class:`~hbmeta.Posterior` (its mean draw). A Posterior with C > 1
+            chains (an ensemble's members) starts ``num_chains / C`` chains
+            at the last draw of each of its chains (superchains; the labels
+            are ``settings["chain_modes"]``, for per-mode diagnostics).
+            Default: uniform in (−2, 2) in unconstrained space.
         chain_method: ``"parallel"`` (a device per chain), ``"vectorized"``
             or ``"sequential"``; default parallel when there are at least
-            ``num_chains`` devices, else vectorized.
+            ``num_chains`` devices, else vectorized (:func:`choose_chain_method`;
+            the choice and its reason are in ``settings["chain_method"]`` and
+            ``info["chain_method_reason"]``).
+        devices: split the tasks over these devices (an int, a list of
+            devices or a Mesh; see :func:`hbmeta.tasks.sharding.resolve_mesh`):
+            the model's log density and its gradient are computed on every
+            device's share of the tasks; the chains are then vectorised.
         progress: show NumPyro's progress bar.
 
     Returns:
@@ -104,8 +166,18 @@ def run_nuts(
     if not 0.0 < float(target_accept_prob) < 1.0:
         raise ValueError(f"target_accept_prob={target_accept_prob!r}; expected a probability in (0, 1)")
     check_tasks(spec, tasks)
-    values = init_values(spec, init, tasks.num_tasks)
-    chain_method = default_chain_method(num_chains) if chain_method is None else chain_method
+    mesh = resolve_mesh(devices)
+    task_devices = 1 if mesh is None else mesh.devices.size
+    check_divisible("the number of tasks", tasks.num_tasks, mesh)
+    modes = None
+    if isinstance(init, Posterior) and init.num_chains > 1:  # one superchain per chain of init (ensemble members)
+        modes = _chain_modes(init.num_chains, num_chains)
+        values = init_values(spec, Posterior({k: v[:1] for k, v in init.samples.items()}, init.spec, init.method, {}),
+                             tasks.num_tasks)
+    else:
+        values = init_values(spec, init, tasks.num_tasks)
+    chain_method, reason = choose_chain_method(num_chains, chain_method, task_devices=task_devices)
+    tasks = place_tasks(tasks, mesh)
 
     model = build_model(spec)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
@@ -128,7 +200,8 @@ def run_nuts(
         progress_bar=progress,
     )
     start = time.perf_counter()
-    mcmc.run(key, tasks, extra_fields=_EXTRA_FIELDS)
+    init_params = None if modes is None else _member_starts(model, tasks, spec, init, modes)
+    mcmc.run(key, tasks, extra_fields=_EXTRA_FIELDS, init_params=init_params)
     draws = mcmc.get_samples(group_by_chain=True)
     jax.block_until_ready(draws)
     wall = time.perf_counter() - start
@@ -143,7 +216,11 @@ def run_nuts(
         dense_mass=bool(dense_mass),
         kernel=kernel,
         chain_method=chain_method,
+        devices=task_devices,
         init=None if init is None else type(init).__name__,
     )
-    info = {"num_divergences": int(np.sum(np.asarray(stats["diverging"]))), "wall_time": wall}
+    if modes is not None:
+        settings["chain_modes"] = modes.tolist()
+    info = {"num_divergences": int(np.sum(np.asarray(stats["diverging"]))), "wall_time": wall,
+            "chain_method_reason": reason}
     return make_posterior(spec, draws, method=kernel, settings=settings, sample_stats=stats, info=info)

@@ -27,8 +27,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from hbmeta.base.validate import check_choice
 
@@ -80,7 +81,8 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
     _method("svgd", "hbmeta.inference.svgd", "run_svgd", "particles", "Stein variational gradient descent",
             defaults={"num_particles": 10, "num_steps": 2000}, optimizer=("adagrad", 0.1)),
     _method("ensemble", "hbmeta.inference.ensemble", "run_ensemble", "particles",
-            "independently meta-trained MAML solutions, one draw each", defaults={"num_members": 8}),
+            "independently meta-trained MAML solutions, one draw each",
+            defaults={"num_members": 8, "num_iterations": 10000, "meta_batch_size": 25, "holdout": "folds"}),
     _method("maml", "hbmeta.inference.dispatch", "maml_posterior", "point", "MAML's point estimate θ (one draw)"),
 )})
 

@@ -22,6 +22,7 @@ from numpyro.distributions import biject_to
 from numpyro.infer import init_to_uniform
 from numpyro.optim import optax_to_numpyro
 
+from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_positive
 from hbmeta.inference.common import (
     as_key,
@@ -34,7 +35,6 @@ from hbmeta.inference.common import (
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
-from hbmeta.base.progress import run_in_chunks
 
 
 def init_near(site=None, values=None, radius=0.1):

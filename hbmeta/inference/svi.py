@@ -38,6 +38,7 @@ from hbmeta.inference.common import (
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
+from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh
 
 GUIDES = {
     "mean_field": AutoNormal,
@@ -70,6 +71,7 @@ def run_svi(
     subsample_size: int | None = None,
     num_particles: int = 1,
     init_scale: float = 0.1,
+    devices=None,
     progress: bool = True,
 ) -> Posterior:
     """Fit a variational posterior over θ (and σ, α when inferred) and draw from it.
@@ -90,6 +92,9 @@ def run_svi(
         subsample_size: tasks per ELBO estimate (None: all tasks).
         num_particles: Monte Carlo samples per ELBO estimate.
         init_scale: the guide's initial standard deviations (not for ``"map"``).
+        devices: split the tasks over these devices (an int, a list of
+            devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`): each
+            ELBO step computes every device's share of the tasks there.
         progress: show NumPyro's progress bar.
 
     Returns:
@@ -126,6 +131,9 @@ def run_svi(
             "guide='mean_field' or 'map': a joint guide cannot subsample the per-task φ_j"
         )
     values = init_values(spec, init, tasks.num_tasks)
+    mesh = resolve_mesh(devices)
+    check_divisible("the number of tasks", tasks.num_tasks, mesh)
+    tasks = place_tasks(tasks, mesh)
 
     model = build_model(spec)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
@@ -154,6 +162,7 @@ def run_svi(
         subsample_size=subsample_size,
         num_particles=num_particles,
         init_scale=float(init_scale),
+        devices=1 if mesh is None else int(mesh.devices.size),
         init=None if init is None else type(init).__name__,
     )
     info = {

@@ -31,6 +31,8 @@ class Evaluation(NamedTuple):
     - ``diverged``: ``(n+1,)`` tasks left out of ``mean`` and ``ci95`` after
       each step because fine-tuning diverged there (a loss that is not finite
       or above ``diverged_above``).
+    - ``first_diverged``: ``(task, step)`` of the first divergence (the earliest step, then the
+      lowest task index), or None; :func:`divergence_message` explains it.
     """
 
     steps: np.ndarray
@@ -38,6 +40,7 @@ class Evaluation(NamedTuple):
     ci95: np.ndarray
     per_task: np.ndarray
     diverged: np.ndarray
+    first_diverged: tuple | None = None
 
     def at(self, step: int) -> tuple[float, float]:
         """``(mean, ci95)`` after ``step`` fine-tuning steps."""
@@ -107,4 +110,27 @@ def evaluate(params, tasks: TaskBatch, *, rule: GradientSteps, num_steps: int = 
         mean = np.where(n > 0, kept.sum(axis=0) / np.maximum(n, 1), np.nan)
         var = np.where(ok, (per_task - mean) ** 2, 0.0).sum(axis=0) / np.maximum(n - 1, 1)
         ci95 = np.where(n > 1, 1.96 * np.sqrt(var) / np.sqrt(np.maximum(n, 1)), np.where(n == 1, 0.0, np.nan))
-    return Evaluation(np.arange(num_steps + 1), mean, ci95, per_task, (~ok).sum(axis=0))
+    first = None
+    if not ok.all():
+        step = int(np.flatnonzero(~ok.all(axis=0))[0])
+        first = (int(np.flatnonzero(~ok[:, step])[0]), step)
+    return Evaluation(np.arange(num_steps + 1), mean, ci95, per_task, (~ok).sum(axis=0), first)
+
+
+def divergence_message(ev: Evaluation, *, what: str = "adaptation.step_size") -> str:
+    """One line on where fine-tuning diverged and what to change ("" if it did not).
+
+    Example:
+        >>> import numpy as np
+        >>> ev = Evaluation(np.arange(3), None, None, np.array([[1.0, 5.0, np.inf]]), np.array([0, 0, 1]), (0, 2))
+        >>> divergence_message(ev)
+        'fine-tuning diverged on 1 of 1 tasks (first: task 0 after step 2, query loss inf, ...'
+    """
+    if ev.first_diverged is None:
+        return ""
+    task, step = ev.first_diverged
+    value = ev.per_task[task, step]
+    return (f"fine-tuning diverged on {int(ev.diverged.max())} of {ev.per_task.shape[0]} tasks (first: task {task} "
+            f"after step {step}, query loss {value:.3g}, {'not finite' if not np.isfinite(value) else 'too large'}); "
+            f"each gradient step overshoots where α·λ_max ≥ 2 (hbmeta.check_step_size): lower {what} "
+            "or fine-tune fewer steps")

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hbmeta.adaptation.stability import NonFiniteError
 from hbmeta.adaptation.steps import GradientSteps
-from hbmeta.tasks.families import FixedTasks
 from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_positive_int
-
 from hbmeta.tasks.batch import TaskBatch
-
+from hbmeta.tasks.families import FixedTasks
+from hbmeta.tasks.sharding import check_divisible, constrain_tasks, resolve_mesh
 
 # optax ≥ 0.2.5 has optax.tree.norm and deprecates optax.global_norm.
 _tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
@@ -124,17 +124,19 @@ def _as_source(tasks):
     return tasks
 
 
-def make_train_loop(source, *, rule, optimizer, meta_batch_size, learn_step_size=False):
+def make_train_loop(source, *, rule, optimizer, meta_batch_size, learn_step_size=False, mesh=None):
     """A compiled ``loop(state, num_iterations) -> (state, MAMLInfo)`` over fresh meta-batches.
 
     Each iteration splits the state's key, samples ``meta_batch_size`` tasks
     from ``source`` and takes one :func:`maml_update`; the iterations run in a
-    ``lax.scan`` (``num_iterations`` is static).
+    ``lax.scan`` (``num_iterations`` is static). With a ``mesh`` the
+    meta-batch is split over its devices (a sharding constraint inside the
+    loop), and the meta-gradient is summed across them by XLA.
     """
 
     def one(state, _):
         key, sub = jax.random.split(state.key)
-        tasks = source.sample(sub, meta_batch_size)
+        tasks = constrain_tasks(source.sample(sub, meta_batch_size), mesh)
         state, info = maml_update(
             state._replace(key=key), tasks, rule=rule, optimizer=optimizer, learn_step_size=learn_step_size
         )
@@ -151,13 +153,14 @@ _DEFAULT_OPTIMIZER = optax.adam(1e-3)
 
 
 @lru_cache(maxsize=32)
-def _cached_train_loop(source, rule, optimizer, meta_batch_size, learn_step_size):
+def _cached_train_loop(source, rule, optimizer, meta_batch_size, learn_step_size, mesh=None):
     return make_train_loop(
-        source, rule=rule, optimizer=optimizer, meta_batch_size=meta_batch_size, learn_step_size=learn_step_size
+        source, rule=rule, optimizer=optimizer, meta_batch_size=meta_batch_size, learn_step_size=learn_step_size,
+        mesh=mesh,
     )
 
 
-def _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size):
+def _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size, mesh=None):
     """The compiled loop, reused across calls with the same (hashable) configuration.
 
     Reuse means resuming training (``state=``) or training again with the same
@@ -165,12 +168,13 @@ def _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size):
     Configurations that cannot be hashed (a fixed task set of arrays, a
     pytree of step sizes) get a fresh loop.
     """
-    config = (source, rule, optimizer, int(meta_batch_size), bool(learn_step_size))
+    config = (source, rule, optimizer, int(meta_batch_size), bool(learn_step_size), mesh)
     try:
         hash(config)
     except TypeError:
         return make_train_loop(
-            source, rule=rule, optimizer=optimizer, meta_batch_size=meta_batch_size, learn_step_size=learn_step_size
+            source, rule=rule, optimizer=optimizer, meta_batch_size=meta_batch_size, learn_step_size=learn_step_size,
+            mesh=mesh,
         )
     return _cached_train_loop(*config)
 
@@ -188,6 +192,8 @@ def train_maml(
     chunk_size: int = 1000,
     progress: bool = True,
     state: MAMLState | None = None,
+    checkpoint=None,
+    devices=None,
 ) -> MAMLResult:
     """Meta-train θ with MAML (Algorithm 1).
 
@@ -204,6 +210,15 @@ def train_maml(
         chunk_size: iterations per compiled chunk; progress is shown between chunks.
         progress: show progress on standard error.
         state: resume from a previous :class:`MAMLState` (then ``params`` is ignored).
+        devices: split each meta-batch over these devices (an int, a list of
+            devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`);
+            ``meta_batch_size`` must be a multiple of their number.
+        checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: continue from its file if there
+            is one and save the state between chunks (a resumed run ends bit for bit where an
+            uninterrupted one does).
+
+    Raises:
+        NonFiniteError: (a ``ValueError``) when the meta-loss stops being finite, naming the iteration.
 
     Returns:
         :class:`MAMLResult` with θ, α, the loss history and the final state.
@@ -226,19 +241,34 @@ def train_maml(
         raise ValueError(
             f"meta_batch_size={meta_batch_size}; expected at most the {source.num_tasks} tasks in the set"
         )
+    mesh = resolve_mesh(devices)
+    check_divisible("meta_batch_size", meta_batch_size, mesh)
     optimizer = _DEFAULT_OPTIMIZER if optimizer is None else optimizer
     if state is None:
         state = init_maml(
             params, optimizer=optimizer, step_size=rule.step_size, key=key, learn_step_size=learn_step_size
         )
-    loop = _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size)
+    loop = _train_loop(source, rule, optimizer, meta_batch_size, learn_step_size, mesh)
+    def run(s, n):
+        new, info = loop(s, n)
+        losses = np.asarray(info.loss)
+        if not np.isfinite(losses).all():
+            i = int(np.flatnonzero(~np.isfinite(losses))[0])
+            before = f"{losses[i - 1]:.4g}" if i > 0 else "not known"
+            raise NonFiniteError(
+                f"meta-training diverged: the meta-loss is {losses[i]} at iteration {int(s.iteration) + i} (the one "
+                f"before: {before}); lower maml.learning_rate, clip the meta-gradient (maml.clip_norm, e.g. 10) or "
+                "lower adaptation.step_size below 2/λ_max of the support loss (hbmeta.check_step_size)")
+        return new, losses
+
     state, losses = run_in_chunks(
-        lambda s, n: (lambda out: (out[0], out[1].loss))(loop(s, n)),
+        run,
         state,
         num_iterations,
         chunk_size=chunk_size,
         label="meta-training",
         progress=progress,
         describe=lambda chunk: f"meta-loss {float(np.mean(chunk)):.4f}",
+        checkpoint=checkpoint,
     )
     return MAMLResult(state.params, state.step_size, losses, state)

@@ -24,8 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hbmeta.base.validate import check_positive
-from hbmeta.base.validate import check_type
+from hbmeta.base.validate import check_positive, check_type
 from hbmeta.tasks.batch import TaskBatch
 
 

@@ -38,9 +38,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from hbmeta.base.validate import check_type
 from hbmeta.model.spec import ModelSpec
 from hbmeta.model.task_linearised import query_gaussian_one
-from hbmeta.base.validate import check_type
 from hbmeta.tasks.batch import TaskBatch
 
 
@@ -158,7 +158,7 @@ def build_model(spec: ModelSpec):
 
     @jax.jit
     def task_gaussians(theta, xs, ys, ms, xq, yq, mq, alpha, tau_j, noise):
-        one = lambda *a: query_gaussian_one(spec, theta, *a, alpha, tau_j, noise)  # noqa: E731
+        one = lambda *a: query_gaussian_one(spec, theta, *a, alpha, tau_j, noise)
         return jax.vmap(one)(xs, ys, ms, xq, yq, mq)
 
     @jax.jit

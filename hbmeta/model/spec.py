@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from hbmeta.base.validate import check_type
 from hbmeta.adaptation.steps import GradientSteps
+from hbmeta.base.validate import check_type
 
 
 def _positive_leaves(name, value):
@@ -101,7 +101,7 @@ class StepSizePrior:
 
 @dataclass(frozen=True)
 class TaskPosterior:
-    """Integrate each task's parameters out: φ_j ~ N(μ_j, τ²I), linearised at φ̂_j (see :mod:`hbmeta.model.task_posterior`).
+    """Integrate each task's parameters out: φ_j ~ N(μ_j, τ²I), linearised at φ̂_j (:mod:`hbmeta.model.task_posterior`).
 
     With this option the query likelihood of task j is ``log p(Q_j | S_j, θ, τ, σ)``
     of the network linearised at the gradient-step estimate φ̂_j, a Gaussian with

@@ -122,7 +122,7 @@ def regression_condition(lin, ys, ms, tau, noise):
         keep = jnp.repeat(ms, n // ms.shape[0])
         r = jnp.where(keep, r, 0.0)
         diag = jnp.where(keep, diag, _MASKED_VAR)
-    chol = jnp.linalg.cholesky(tau2 * lin.k_ss + jnp.diag(diag))
+    chol = jnp.linalg.cholesky(tau2 * lin.k_ss + jnp.diag(diag + _jitter(tau2 * lin.k_ss)))
     w = jax.scipy.linalg.cho_solve((chol, True), r)
     mean = lin.f_q - lin.jq_d + tau2 * lin.k_qs @ w
     v = jax.scipy.linalg.solve_triangular(chol, tau2 * lin.k_qs.T, lower=True)  # (n, m)
@@ -132,6 +132,13 @@ def regression_condition(lin, ys, ms, tau, noise):
         vb = v.reshape(n, lin.k_qq.shape[0], lin.k_qq.shape[1])
         cov = tau2 * lin.k_qq - jnp.einsum("nmo,nmq->moq", vb, vb)
     return mean, cov, chol, r
+
+
+def _jitter(kernel):
+    """Rounding-level regularisation, 10 ε · mean diag(kernel): keeps Cholesky factors finite in float32
+    when τ²K dwarfs σ² (the conditional covariance is a difference of such matrices). In float64 it is ~1e-15."""
+    eps = jnp.finfo(kernel.dtype).eps
+    return 10 * eps * jnp.maximum(jnp.mean(jnp.diagonal(kernel)), jnp.finfo(kernel.dtype).tiny)
 
 
 def support_log_marginal(chol, r):
@@ -144,7 +151,8 @@ def query_gaussian(lin, ys, ms, yq, mq, tau, noise):
     """``(mean, scale_tril)`` of p(y_Q | S) over the ``M·o`` query values; masked values get mean y, sd 1/√2π."""
     mean, cov, _, _ = regression_condition(lin, ys, ms, tau, noise)
     m = mean.shape[0]
-    cov = cov + jnp.square(noise) * jnp.eye(m, dtype=cov.dtype)
+    jitter = _jitter(jnp.square(tau) * (lin.k_qq if lin.k_qq.ndim == 2 else jnp.eye(m)))
+    cov = cov + (jnp.square(noise) + jitter) * jnp.eye(m, dtype=cov.dtype)
     if mq is not None:
         keep = jnp.repeat(mq, m // mq.shape[0])
         both = keep[:, None] & keep[None, :]

@@ -36,14 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hbmeta.model import task_linearised
 from hbmeta.model.spec import ModelSpec
-from hbmeta.model.task_linearised import (
-    linearise,
-    log_likelihood_one,
-    predictive_one,
-    regression_condition,
-    support_log_marginal as _support_log_marginal,
-)
+from hbmeta.model.task_linearised import linearise, log_likelihood_one, predictive_one, regression_condition
 from hbmeta.tasks.batch import TaskBatch
 
 
@@ -156,7 +151,7 @@ def _support_task(spec, flat, args, alpha, tau, noise):
     xs, ys, ms, xq, _, _ = args
     lin = linearise(spec, flat, xs, ys, ms, xq[:1], alpha, full_query=False)
     _, _, chol, r = regression_condition(lin, ys, ms, tau, noise)
-    return _support_log_marginal(chol, r)
+    return task_linearised.support_log_marginal(chol, r)
 
 
 def _linearise_task(spec, flat, args, alpha, tau, noise):
@@ -168,7 +163,7 @@ _COMPILED: dict = {}
 
 
 def _compiled(spec, per_task, task_chunk):
-    """``fn(flat, arrays, alpha, tau, noise)`` mapped over tasks and jitted, cached per spec, so calls do not recompile."""
+    """``fn(flat, arrays, alpha, tau, noise)`` mapped over tasks and jitted, cached per spec (no recompilation)."""
     cache_key = (id(spec), per_task, task_chunk)
     hit = _COMPILED.get(cache_key)
     if hit is not None and hit[0] is spec:
@@ -264,13 +259,13 @@ def support_log_marginal(spec, theta, tasks, *, tau, noise, step_size=None, task
 
 
 def _minimise(fun, x0, num_steps):
-    """L-BFGS (optax) on a deterministic objective; a step to a non-finite value is rejected."""
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
+    """L-BFGS (optax, backtracking line search) on a deterministic objective; a non-finite step is rejected."""
+    opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=20))
+    value_and_grad = jax.value_and_grad(fun)
 
     def step(carry, _):
         x, state = carry
-        value, grad = value_and_grad(x, state=state)
+        value, grad = value_and_grad(x)
         updates, new_state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
         new_x = optax.apply_updates(x, updates)
         ok = jnp.isfinite(fun(new_x))

@@ -30,9 +30,10 @@ from jax.flatten_util import ravel_pytree
 from hbmeta.base.jax_checks import as_key
 from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.model.posterior import Posterior
-from hbmeta.predict.mixture import pit
 from hbmeta.model.task_linearised import predictive_one
+from hbmeta.predict.mixture import pit
 from hbmeta.tasks.batch import TaskBatch
+from hbmeta.tasks.sharding import resolve_mesh, task_sharding
 
 
 class Predictive(NamedTuple):
@@ -216,6 +217,7 @@ def sample_predictive(
     draw_chunk: int = 64,
     task_chunk: int = 32,
     return_params: bool = False,
+    devices=None,
 ) -> Predictive:
     """Adapt every posterior draw to every task's support set and predict its query points.
 
@@ -246,6 +248,10 @@ def sample_predictive(
         key: PRNG key (or int seed) for the sampled targets.
         draw_chunk, task_chunk: chunk sizes (clipped to the number of draws and tasks).
         return_params: also return the adapted parameters (host memory above).
+        devices: split each chunk's tasks over these devices (an int, a list
+            of devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`);
+            ``task_chunk`` is rounded up to a multiple of their number (the
+            padding tasks are discarded), so any number of tasks works.
 
     Returns:
         :class:`Predictive`.
@@ -275,6 +281,14 @@ def sample_predictive(
     sigma = sigma.astype(flat.dtype)
     tau = _tau_draws(posterior, N).astype(flat.dtype)
     D, B = min(draw_chunk, N), min(task_chunk, T)
+    mesh = resolve_mesh(devices)
+    put = lambda a, axis=0: a
+    if mesh is not None:
+        n_dev = mesh.devices.size
+        B = -(-B // n_dev) * n_dev
+        task_axis = task_sharding(mesh, axis_name=mesh.axis_names[0])
+        noise_axis = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh.axis_names[0]))
+        put = lambda a, axis=0: jax.device_put(a, task_axis if axis == 0 else noise_axis)
     n_pad, t_pad = -(-N // D) * D, -(-T // B) * B
     flat, alpha, sigma, tau = (_pad(a, n_pad) for a in (flat, alpha, sigma, tau))
     fields = (*tasks.support(), tasks.x_query, tasks.query_mask)
@@ -305,8 +319,8 @@ def sample_predictive(
     pending = None
     for i in range(0, n_pad, D):
         for j in range(0, t_pad, B):
-            args = [None if a is None else a[j : j + B] for a in data]
-            eps = _noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression)
+            args = [None if a is None else put(a[j : j + B]) for a in data]
+            eps = put(_noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression), 1)
             res = run(eps, flat[i : i + D], alpha[i : i + D], sigma[i : i + D], tau[i : i + D], *args)
             if pending is not None:
                 store(*pending)
@@ -365,7 +379,7 @@ def with_query_inputs(tasks: TaskBatch, x) -> TaskBatch:
 
 @jax.jit
 def _mixture_quantile(mu, sd, q):
-    """The q-quantile of (1/N) Σ_s N(μ_s, σ_s²) per point, by 60 bisection steps: mu ``(N, ...)``, sd ``(N,)`` or like mu."""
+    """The q-quantile of (1/N) Σ_s N(μ_s, σ_s²) per point, by 60 bisection steps: mu ``(N, ...)``, sd (N,) or as mu."""
     sd = jnp.reshape(sd, (-1,) + (1,) * (mu.ndim - 1)) if sd.ndim == 1 else sd
     lo = jnp.min(mu - 10 * sd, axis=0)
     hi = jnp.max(mu + 10 * sd, axis=0)

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hbmeta.adaptation.networks import Network, linear, mlp
 from hbmeta.adaptation.steps import GradientSteps
 from hbmeta.inference.common import make_optimizer
-from hbmeta.run.config import Config
-from hbmeta.adaptation.networks import Network, linear, mlp
 from hbmeta.model.spec import CategoricalLikelihood, ModelSpec, NormalLikelihood, NormalPrior, StepSizePrior
+from hbmeta.run.config import Config
 
 
 class RunObjects(NamedTuple):
@@ -155,6 +155,9 @@ def method_settings(cfg: Config, method: str | None = None) -> dict:
     if method == "svgd":
         return {"num_particles": s.num_particles, "num_steps": s.num_steps,
                 "optimizer": make_optimizer(s.optimizer, s.learning_rate)}
+    if method == "ensemble":  # the members train like MAML: the [maml] optimiser
+        return {"num_members": s.num_members, "num_iterations": s.num_iterations,
+                "meta_batch_size": s.meta_batch_size, "holdout": s.holdout, "optimizer": maml_optimizer(cfg)}
     return {}
 
 

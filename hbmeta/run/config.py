@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from hbmeta import models
 from hbmeta.run import toml_writer as _toml
 from hbmeta.run.config_fields import FAMILIES, FamilyConfig, check, parse_family
-from hbmeta.run.config_sections import (  # noqa: F401  (re-exported: the sections are part of this module's API)
+from hbmeta.run.config_sections import (
     SECTIONS,
     TOY_CAPS,
     AdaptationSection,
@@ -42,6 +42,7 @@ from hbmeta.run.config_sections import (  # noqa: F401  (re-exported: the sectio
     RunSection,
     TasksSection,
 )
+
 
 @dataclass(frozen=True)
 class Config:
@@ -71,7 +72,7 @@ class Config:
         name = "nuts" if method == "hmc" else method
         return getattr(self.inference, name, None)
 
-    def effective(self) -> "Config":
+    def effective(self) -> Config:
         """The configuration that runs: with ``run.toy``, every size capped to :data:`TOY_CAPS`."""
         if not self.run.toy:
             return self
@@ -201,7 +202,8 @@ def _check_data(cfg: Config, where: str) -> None:
     for key in ("task", "x", "y"):
         if not getattr(d, key):
             raise ValueError(f"{where}: data.{key} is empty; expected the name of the "
-                             + {"task": "group column", "x": "input column(s), e.g. [\"days\"]", "y": "target column"}[key]
+                             + {"task": "group column", "x": "input column(s), e.g. [\"days\"]",
+                                "y": "target column"}[key]
                              + f" of the table data.path = {d.path!r}")
     if not cfg.regression:
         raise ValueError(f"{where}: likelihood.kind = {cfg.likelihood.kind!r} with a [data] table; expected 'normal' "
@@ -223,7 +225,11 @@ def resolve_source(source: str | None):
         source = path
     if os.path.isfile(source):
         with open(source, "rb") as fh:
-            return fh.read().decode("utf-8", errors="replace"), source
+            text = fh.read().decode("utf-8", errors="replace")
+        if not text.strip():
+            raise ValueError(f"config file {source!r} is empty; expected TOML sections such as [model] and [family] "
+                             "(an emptied file would silently run every default)")
+        return text, source
     if source.endswith(".toml") or os.sep in source:
         raise ValueError(f"config file {source!r} does not exist; expected a path to a .toml file")
     names = models.names()

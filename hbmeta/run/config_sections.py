@@ -15,6 +15,7 @@ from hbmeta.run.config_fields import opt
 # smaller sizes where it wants a quick run (models/sinusoid.toml does for NUTS).
 _NUTS, _SVI = METHODS["nuts"].defaults, METHODS["svi"].defaults
 _LAPLACE, _SVGD = METHODS["laplace"].defaults, METHODS["svgd"].defaults
+_ENSEMBLE = METHODS["ensemble"].defaults
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,18 @@ class SVGDSection:
 
 
 @dataclass(frozen=True)
+class EnsembleSection:
+    num_members: int = opt(_ENSEMBLE["num_members"], "int", "MAML solutions trained together (one draw each)", lo=3)
+    num_iterations: int = opt(_ENSEMBLE["num_iterations"], "int", "meta-iterations per member (optimiser: [maml])",
+                              lo=1)
+    meta_batch_size: int = opt(_ENSEMBLE["meta_batch_size"], "int",
+                               "tasks per meta-iteration (capped at the tasks a member trains on)", lo=1)
+    holdout: str = opt(_ENSEMBLE["holdout"], "str",
+                       "folds (σ fitted on tasks the members did not train on) | none (training residuals)",
+                       choices=("folds", "none"))
+
+
+@dataclass(frozen=True)
 class InferenceSection:
     method: str = opt("nuts", "str", " | ".join(METHODS), choices=tuple(METHODS))
     init: str = opt("maml", "str", "maml (start from the MAML θ) | prior (the method's default start)",
@@ -129,6 +142,7 @@ class InferenceSection:
     svi: SVISection = opt(SVISection(), "section", "stochastic variational inference settings")
     laplace: LaplaceSection = opt(LaplaceSection(), "section", "Laplace approximation settings")
     svgd: SVGDSection = opt(SVGDSection(), "section", "Stein variational gradient descent settings")
+    ensemble: EnsembleSection = opt(EnsembleSection(), "section", "ensemble of MAML solutions settings")
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,9 @@ class RunSection:
     seed: int = opt(0, "int", "PRNG seed: a seed reproduces the run", lo=0)
     toy: bool = opt(False, "bool", "cap every size to a toy value (a run in seconds; for tests)")
     progress: bool = opt(True, "bool", "print progress of long stages on standard error")
+    checkpoint_every: int = opt(1000, "int", "meta-iterations between checkpoints of MAML training (in the run's "
+                                             "partial directory; `hbmeta run --resume` continues from them); 0: none",
+                                lo=0)
 
 
 SECTIONS = {
@@ -189,5 +206,6 @@ TOY_CAPS = {
     "inference.svi": {"num_steps": 30, "num_draws": 10},
     "inference.laplace": {"num_steps": 30, "num_draws": 10},
     "inference.svgd": {"num_particles": 4, "num_steps": 30},
+    "inference.ensemble": {"num_members": 4, "num_iterations": 30, "meta_batch_size": 4},
     "evaluation": {"finetune_steps": 3, "num_plot_tasks": 2},
 }

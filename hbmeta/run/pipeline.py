@@ -6,7 +6,7 @@
 2. meta-train θ with MAML (Algorithm 1) on the training set;
 3. fit the posterior over θ with the configured method, started at MAML's θ;
 4. sample adapted models for the held-out tasks (the posterior predictive) and
-   score them (the metrics of docs/concepts.md), beside MAML's point estimate;
+   score them (the metrics of docs/references.md), beside MAML's point estimate;
 5. check convergence on invariant functionals; for the linear model, compare
    the fitted posterior with the exact Gaussian one;
 6. write the run directory (ArviZ NetCDF files, meta-parameters, resolved
@@ -25,20 +25,23 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from hbmeta.adaptation.stability import check_step_size
+from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
 from hbmeta.base.validate import check_type
 from hbmeta.diagnostics.arviz import diagnose, save_netcdf, to_arviz
 from hbmeta.inference.dispatch import infer, maml_posterior
-from hbmeta.maml.evaluate import evaluate
+from hbmeta.inference.ensemble import ensemble_train_size
+from hbmeta.maml.evaluate import divergence_message, evaluate
 from hbmeta.maml.train import train_maml
 from hbmeta.predict.metrics import coverage_by_spread, predictive_metrics
 from hbmeta.predict.predictive import sample_predictive
 from hbmeta.run import build as _build
 from hbmeta.run.config import Config
-from hbmeta.tasks.batch import TaskBatch
 from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
 from hbmeta.run.rundir import RunWriter, new_run_path
 from hbmeta.run.table_data import data_metrics, load_table_data, write_group_pictures
+from hbmeta.tasks.batch import TaskBatch
 
 
 class RunResult(NamedTuple):
@@ -75,7 +78,8 @@ class _Stages:
             self._name = None
 
 
-def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, train_tasks=None, stream=None) -> RunResult:
+def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, train_tasks=None, stream=None,
+                 resume=None) -> RunResult:
     """Run the whole job of ``cfg`` and write its directory; see the module docstring.
 
     Args:
@@ -85,13 +89,21 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         fit_only: stop after the posterior (no held-out evaluation).
         train_tasks: a :class:`~hbmeta.TaskBatch` of the user's training tasks
             instead of the family's (implies no held-out evaluation).
-        stream: where progress goes (default standard error).
+        stream: where progress and the final table go (default: progress to
+            standard error, the table to standard output).
+        resume: the partial directory of an interrupted run of ``cfg`` (:func:`~hbmeta.run.rundir.find_partial`;
+            ``out`` is then its final path): its checkpoints are continued, and the result is the one an
+            uninterrupted run gives, bit for bit on CPU. MAML training saves a checkpoint every
+            ``run.checkpoint_every`` meta-iterations.
 
     Example:
         >>> import tempfile, os
         >>> from hbmeta import load_config, run_pipeline
         >>> cfg = load_config("linear", ["run.progress=false"], toy=True)
         >>> res = run_pipeline(cfg, out=os.path.join(tempfile.mkdtemp(), "run"))
+        hbmeta: linear with nuts: 3 parameters, 8 training tasks (toy size)
+          held-out metric             nuts        maml
+          mse ...
         >>> sorted(res.metrics["held_out"])
         ['maml', 'nuts']
     """
@@ -107,8 +119,9 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
     evaluate_held_out = not fit_only and train_tasks is None and (data is None or data.test is not None)
     final_path = new_run_path(cfg.model.name, out=out, runs_dir=runs_dir)
     stages = _Stages(5 if evaluate_held_out else 4, eff.run.progress, stream)
-    writer = RunWriter(final_path)
+    writer = RunWriter(final_path, resume=resume)
     try:
+        writer.write_text("config.toml", cfg.to_toml())  # first: an interrupted run can be resumed from it
         stages.start("tasks", "drawing tasks" if train_tasks is None and data is None else "checking the training tasks")
         if data is not None:
             train = data.train.tasks
@@ -129,6 +142,9 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             num_iterations=eff.maml.num_iterations, optimizer=objects.maml_optimizer,
             meta_batch_size=min(eff.maml.meta_batch_size, train.num_tasks),
             learn_step_size=eff.maml.learn_step_size, progress=eff.run.progress,
+            chunk_size=min(1000, eff.run.checkpoint_every or 1000),
+            checkpoint=Checkpointer(writer.checkpoint_path("maml"), every_steps=eff.run.checkpoint_every)
+            if eff.run.checkpoint_every else None,
         )
         alpha = float(np.asarray(maml.step_size)) if eff.maml.learn_step_size else None
         spec = _build.spec(eff, objects.network, maml.params, step_size=alpha, rule_=objects.rule)
@@ -140,8 +156,14 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             post = maml_post
         else:
             init = maml_post if eff.inference.init == "maml" else None  # θ and σ (RMS residual) of MAML
+            settings = dict(objects.method_settings)
+            if method == "ensemble":  # members start from their own random initialisations, not MAML's θ
+                input_dim = None if data is None else data.input_dim
+                init = lambda k: _build.initial_params(eff, objects.network, k, input_dim=input_dim)
+                settings["meta_batch_size"] = min(settings["meta_batch_size"], ensemble_train_size(
+                    train.num_tasks, settings["num_members"], settings["holdout"]))
             post = infer(spec, train, method=method, key=keys["infer"], init=init, progress=eff.run.progress,
-                         **objects.method_settings)
+                         **settings)
 
         metrics = {
             "model": cfg.model.name, "method": method, "seed": eff.run.seed, "toy": eff.run.toy,
@@ -158,7 +180,15 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             if data is not None:  # standardised targets: report the metrics in the target's original units
                 held = {m: data.scaler.metrics_to_original(v) for m, v in held.items()}
             metrics["held_out"] = held
+            check = check_step_size(maml.params, test, rule=spec.rule, key=keys["predict"])
+            metrics["step_size_check"] = {"max_alpha_lambda": _finite(np.nanmax(check.scaled_curvature)),
+                                          "unstable_tasks": int(len(check.unstable)),
+                                          "max_stable_step_size": _finite(check.max_stable_step_size),
+                                          "message": check.message}
             metrics["maml_finetune"] = _finetune(maml.params, test, spec.rule, eff.evaluation.finetune_steps)
+            for note in (check.message, metrics["maml_finetune"]["message"]):
+                if note and eff.run.progress:
+                    print(f"hbmeta: note: {note}", file=stages.stream, flush=True)
 
         if data is not None:
             metrics["data"] = data_metrics(data)
@@ -179,9 +209,9 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         writer.write_text("summary.txt", summary_text(cfg, eff, metrics, diagnosis, writer.files, final_path))
         settings = getattr(post, "settings", {})
         path = writer.commit({"hbmeta_run": 1, "model": cfg.model.name, "method": method,
-                              "settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-    except BaseException:
-        writer.discard()
+                              "num_parameters": spec.num_params, "settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except BaseException as e:
+        writer.discard(keep_checkpoints=isinstance(e, KeyboardInterrupt))  # Ctrl-C: `hbmeta run --resume` continues
         raise
     print(final_table(metrics, path, [f for f in writer.files]), file=sys.stdout if stream is None else stream)
     return RunResult(path, metrics, cfg, post, maml.params)
@@ -208,6 +238,7 @@ def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, te
         summary = diagnosis.summary
         metrics["diagnostics"] = {
             "divergences": diagnosis.divergences,
+            "divergences_per_chain": list(diagnosis.divergences_per_chain),
             "warnings": list(diagnosis.warnings),
             "max_rhat": _finite(summary["r_hat"].max()) if "r_hat" in summary else None,
             "min_ess_bulk": _finite(summary["ess_bulk"].min()) if "ess_bulk" in summary else None,
@@ -257,7 +288,9 @@ def _finetune(params, tasks, rule, num_steps) -> dict:
     finite = [None if not np.isfinite(v) else float(v) for v in ev.mean]
     ci = [None if not np.isfinite(c) or n < 2 else float(c)
           for c, n in zip(ev.ci95, tasks.num_tasks - ev.diverged)]
-    return {"steps": ev.steps.tolist(), "loss": finite, "ci95": ci, "diverged": ev.diverged.astype(int).tolist()}
+    return {"steps": ev.steps.tolist(), "loss": finite, "ci95": ci, "diverged": ev.diverged.astype(int).tolist(),
+            "first_diverged": None if ev.first_diverged is None else list(ev.first_diverged),
+            "message": divergence_message(ev)}
 
 
 def _reference(tasks, num_tasks=4, num_points=5):

@@ -50,7 +50,8 @@ def load_table_data(cfg) -> TableData:
             train_df, test_df = split_groups(df, task=d.task, num_test=d.num_test_groups, seed=d.split_seed)
         else:
             train_df, test_df = df, None
-        train = tasks_from_table(train_df, seed=d.split_seed, categorical=d.categorical, standardize=d.standardize, **kw)
+        train = tasks_from_table(train_df, seed=d.split_seed, categorical=d.categorical, standardize=d.standardize,
+                                 **kw)
         test = None if test_df is None else tasks_from_table(test_df, seed=d.split_seed + 1, scaler=train.scaler, **kw)
     except ValueError as err:
         raise ValueError(f"{cfg.source}: data.path = {d.path!r}: {err}") from None
@@ -79,14 +80,17 @@ def group_bands(posterior, data: TableData, index, x_grid, *, key):
     return to(s.mean[..., 0]), to(lo[..., 0]), to(hi[..., 0])
 
 
-def plot_groups(path, groups, bands, *, xlabel, ylabel, title, mode="band"):
+def plot_groups(path, groups, bands, *, xlabel, ylabel, title, mode="band", clip=True):
     """One panel per group: support points (red), query points (black), each method's mean and 90% interval.
 
     Args:
-        groups: a list of dicts with ``name``, ``x_support``, ``y_support``, ``x_query``, ``y_query`` (1-D, original units).
+        groups: a list of dicts with ``name``, ``x_support``, ``y_support``, ``x_query``, ``y_query``
+            (1-D arrays, original units).
         bands: ``{label: [(x, mean, lo, hi) per group]}``.
         mode: ``"band"`` (lines and shaded intervals over ``x``) or ``"points"`` (error bars at each ``x``,
             methods side by side).
+        clip: limit the vertical axis to the observed points' range (plus its size on each side), so that
+            one very wide interval does not flatten the others.
     """
     from matplotlib.figure import Figure  # matplotlib only when drawing, as in hbmeta.plots
 
@@ -105,16 +109,22 @@ def plot_groups(path, groups, bands, *, xlabel, ylabel, title, mode="band"):
                 ax.fill_between(x, lo, hi, color=c, alpha=0.15, linewidth=0)
                 ax.plot(x, mean, color=c, lw=1.5, label=label)
             else:
-                off = (m - (len(bands) - 1) / 2) * 0.08
+                off = (m - (len(bands) - 1) / 2) * 0.1
                 ax.errorbar(x + off, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=3, color=c, capsize=2,
                             lw=1, label=label)
         ax.scatter(g["x_query"], g["y_query"], color="black", s=12, zorder=5, label="held-out points")
         ax.scatter(g["x_support"], g["y_support"], color="red", s=30, marker="D", zorder=6, label="support points")
         ax.set_title(str(g["name"]), fontsize=9)
+        if mode == "points":
+            ax.set_xlim(float(np.min(g["x_query"], initial=0)) - 0.4, float(np.max(g["x_query"], initial=1)) + 0.4)
         ax.set_xlabel(xlabel, fontsize=8)
         if j % cols == 0:
             ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
+    if clip:
+        observed = np.concatenate([np.concatenate([np.ravel(g["y_support"]), np.ravel(g["y_query"])]) for g in groups])
+        lo, hi = float(observed.min()), float(observed.max())
+        axes[0][0].set_ylim(lo - (hi - lo), hi + (hi - lo))  # axes share y
     for j in range(n, rows * cols):
         axes[j // cols][j % cols].axis("off")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -123,8 +133,11 @@ def plot_groups(path, groups, bands, *, xlabel, ylabel, title, mode="band"):
     atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
-def group_points(data: TableData, index, column: str):
-    """The support and query points of held-out groups ``index``, original units, against table column ``column``."""
+def group_points(data: TableData, index, column: str, *, name_column: str | None = None):
+    """The support and query points of held-out groups ``index``, original units, against table column ``column``.
+
+    Groups are named by their task value, or by the first value of ``name_column`` in their rows.
+    """
     out = []
     df = data.test_table
     xv = df[column].to_numpy(dtype=float)
@@ -132,7 +145,8 @@ def group_points(data: TableData, index, column: str):
     for j in index:
         s, q = data.test.support_rows[j], data.test.query_rows[j]
         s, q = s[s >= 0], q[q >= 0]
-        out.append({"name": data.test.groups[j], "x_support": xv[s], "y_support": yv[s],
+        name = data.test.groups[j] if name_column is None else df[name_column].iloc[int(s[0])]
+        out.append({"name": name, "x_support": xv[s], "y_support": yv[s],
                     "x_query": xv[q], "y_query": yv[q]})
     return out
 

@@ -45,7 +45,7 @@ class TaskBatch(NamedTuple):
         """The number of tasks ``T``."""
         return self.x_support.shape[0]
 
-    def take(self, index) -> "TaskBatch":
+    def take(self, index) -> TaskBatch:
         """The tasks at ``index`` (an int array or slice) as a new batch."""
         return jax.tree.map(lambda a: a[index], self)
 

@@ -28,7 +28,7 @@ def load_digits_array():
     """``(images, counts)``: float32 ``(10, n, 8, 8, 1)`` in [0, 1] with ``counts[d]`` images of digit ``d``."""
     # scikit-learn is an optional extra (hbmeta[examples]); imported here so that `import hbmeta` does not need it.
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # optional extra: imported only when the digits are used
     except ImportError:  # pragma: no cover - installed wherever the tests run
         raise ImportError('the digits need scikit-learn; install it with pip install "hbmeta[examples]"') from None
     data = load_digits()

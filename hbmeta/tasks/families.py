@@ -109,7 +109,7 @@ class _Family:
         check_int("num_support", self.num_support)
         check_int("num_query", self.num_query, minimum=0)
 
-    def fixed(self, key, num_tasks: int, *, num_support=None, num_query=None) -> "FixedTasks":
+    def fixed(self, key, num_tasks: int, *, num_support=None, num_query=None) -> FixedTasks:
         """A finite set of ``num_tasks`` tasks drawn once (e.g. BMAML's |T| = 100)."""
         tasks, params = self.sample(
             key, num_tasks, num_support=num_support, num_query=num_query, return_params=True

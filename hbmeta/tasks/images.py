@@ -117,7 +117,8 @@ class ImageEpisodes:
         _positive("num_shots", self.num_shots)
         _positive("num_query", self.num_query, 0)
         if self.rotations and images.shape[2] != images.shape[3]:
-            raise ValueError(f"rotations=True with images of {images.shape[2]}×{images.shape[3]}; expected square images")
+            raise ValueError(f"rotations=True with images of {images.shape[2]}×{images.shape[3]}; "
+                             "expected square images")
         need = self.num_shots + self.num_query
         short = np.flatnonzero(counts < need)
         if short.size:
@@ -158,7 +159,7 @@ class ImageEpisodes:
 def _pillow():
     # Pillow is an optional extra (hbmeta[images]); imported here so that `import hbmeta` does not need it.
     try:
-        from PIL import Image
+        from PIL import Image  # optional extra: imported only when a folder is read
     except ImportError:  # pragma: no cover - installed wherever the tests run
         raise ImportError('reading image folders needs Pillow; install it with pip install "hbmeta[images]"') from None
     return Image

@@ -49,7 +49,8 @@ def _check_tasks(name, tasks):
     if not isinstance(tasks, TaskBatch):
         raise ValueError(f"{name} is a {type(tasks).__name__}; expected hbmeta.TaskBatch")
     if tasks.y_support.ndim != 3 or tasks.y_support.shape[-1] != 1:
-        raise ValueError(f"{name}.y_support has shape {tasks.y_support.shape}; expected (tasks, points, 1) real targets")
+        raise ValueError(f"{name}.y_support has shape {tasks.y_support.shape}; "
+                         "expected (tasks, points, 1) real targets")
 
 
 def _mask(mask, shape):
@@ -69,7 +70,7 @@ class StudentT(NamedTuple):
         return self.loc - half, self.loc + half
 
     def metrics(self, y, mask=None) -> dict:
-        """The regression metrics of hbmeta's predictive (mse, nll, calibration error, coverage) against ``y`` ``(T, M)``."""
+        """hbmeta's regression metrics (mse, nll, calibration error, coverage) against ``y`` ``(T, M)``."""
         y = np.asarray(y, np.float64)
         m = _mask(mask, y.shape)
         z = (y - self.loc) / self.scale

@@ -6,13 +6,22 @@ backward pass of the meta-gradient; docs/references.md, the software stack).
 Sharded arrays then go through the ordinary ``jit``-compiled functions: XLA
 partitions the ``vmap`` over tasks and sums the meta-gradient across devices
 correctly. (Taking ``grad`` inside ``shard_map`` with a replicated θ would
-silently mix tasks' inner gradients; hbmeta does not do that.)
+silently mix tasks' inner gradients: :func:`task_map` marks θ as varying over
+the task axis first, so each device's inner steps see only its own tasks.)
+
+Every function that takes ``devices=`` (the inference methods through
+:func:`~hbmeta.infer`, :func:`~hbmeta.train_maml`,
+:func:`~hbmeta.sample_predictive`, :func:`~hbmeta.to_arviz`) reads it with
+:func:`resolve_mesh`: ``None`` or ``1`` (one device, no sharding), an int ``n``
+(the first ``n`` devices), a list of devices, or a :class:`jax.sharding.Mesh`
+with a ``"tasks"`` axis. Results equal the unsharded ones up to the order of
+floating-point sums (docs/scale.md).
 """
 
 from __future__ import annotations
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hbmeta.tasks.batch import TaskBatch
 
@@ -47,3 +56,104 @@ def shard_tasks(tasks: TaskBatch, *, devices=None, axis_name: str = "tasks") -> 
         )
     sharding = NamedSharding(mesh, PartitionSpec(axis_name))
     return jax.tree.map(lambda a: jax.device_put(a, sharding), tasks)
+
+
+def resolve_mesh(devices, *, axis_name: str = "tasks"):
+    """The task mesh that ``devices`` asks for, or None for no sharding (one device).
+
+    ``devices`` is None or 1 (no sharding), an int ``n`` (the first ``n`` of
+    ``jax.devices()``), a sequence of devices, or a Mesh with an ``axis_name``
+    axis (used as it is).
+
+    Raises:
+        ValueError: for a count outside ``[1, jax.device_count()]``, an empty
+            sequence or a mesh without the task axis.
+
+    Example:
+        >>> import jax
+        >>> from hbmeta.tasks.sharding import resolve_mesh
+        >>> resolve_mesh(None) is None, resolve_mesh(1) is None, resolve_mesh(jax.devices()[:1]) is None
+        (True, True, True)
+    """
+    if devices is None:
+        return None
+    if isinstance(devices, Mesh):
+        if axis_name not in devices.axis_names:
+            raise ValueError(f"devices is a Mesh with axes {devices.axis_names}; expected one named {axis_name!r}")
+        return devices
+    if isinstance(devices, bool) or not (isinstance(devices, int) or hasattr(devices, "__len__")):
+        raise ValueError(f"devices={devices!r}; expected None, a device count, a list of devices or a jax Mesh")
+    if isinstance(devices, int):
+        available = jax.device_count()
+        if not 1 <= devices <= available:
+            raise ValueError(f"devices={devices}; expected a count in [1, {available}] (the devices JAX sees)")
+        devices = jax.devices()[:devices]
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices is an empty list; expected at least one device")
+    return None if len(devices) == 1 else task_mesh(devices, axis_name=axis_name)
+
+
+def task_sharding(mesh, *, axis_name: str = "tasks") -> NamedSharding:
+    """Arrays split along their leading (task) axis over ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec(axis_name))
+
+
+def check_divisible(name: str, count: int, mesh) -> None:
+    """``ValueError`` unless ``count`` (of tasks, a meta-batch…) is a multiple of the mesh's devices."""
+    n = 1 if mesh is None else mesh.devices.size
+    if count % n:
+        raise ValueError(f"{name} is {count}; expected a multiple of the {n} devices to shard the tasks over "
+                         f"(use {count - count % n or n} or {count + n - count % n}, or fewer devices)")
+
+
+def place_tasks(tasks: TaskBatch, devices, *, name: str = "the number of tasks") -> TaskBatch:
+    """``tasks`` split over the devices of :func:`resolve_mesh` (unchanged for one device).
+
+    Raises:
+        ValueError: if the task count is not a multiple of the devices (before any compilation).
+    """
+    mesh = resolve_mesh(devices)
+    if mesh is None:
+        return tasks
+    check_divisible(name, tasks.num_tasks, mesh)
+    sharding = task_sharding(mesh, axis_name=mesh.axis_names[0])
+    return jax.tree.map(lambda a: jax.device_put(a, sharding), tasks)
+
+
+def constrain_tasks(tasks, mesh):
+    """Inside ``jit``: ask XLA to split ``tasks`` (any pytree with a leading task axis) over ``mesh``."""
+    if mesh is None:
+        return tasks
+    sharding = task_sharding(mesh, axis_name=mesh.axis_names[0])
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tasks)
+
+
+def task_map(fn, mesh, *, axis_name: str = "tasks"):
+    """``fn(params, tasks)`` run with ``shard_map``: each device computes its own tasks' outputs.
+
+    ``fn`` returns arrays with a leading task axis (e.g. per-task query losses
+    after adaptation). θ is replicated; before ``fn`` sees it, it is marked as
+    varying over the task axis (``jax.lax.pcast(..., to="varying")``). Without
+    that, an inner ``jax.grad`` with respect to the replicated θ is summed
+    over devices (its transpose is a ``psum``), so every task would adapt with
+    the gradient of all devices' tasks: a silently wrong answer. The outer
+    gradient of the returned values with respect to θ (taken outside) is then
+    the sum over devices, as it should be.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from hbmeta import GradientSteps, Sinusoid, mlp
+        >>> from hbmeta.tasks.sharding import task_map, task_mesh
+        >>> net = mlp((1, 8, 1)); rule = GradientSteps(net.apply, step_size=0.01)
+        >>> f = task_map(lambda p, t: rule.query_losses(p, t), task_mesh(jax.devices()[:1]))
+        >>> f(net.init(jax.random.key(0)), Sinusoid().sample(jax.random.key(1), 4)).shape
+        (4,)
+    """
+    spec = PartitionSpec(axis_name)
+
+    def local(params, tasks):
+        params = jax.tree.map(lambda a: jax.lax.pcast(a, axis_name, to="varying"), params)
+        return fn(params, tasks)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec), out_specs=spec)

@@ -1,0 +1,197 @@
+"""The noise scale σ (and the task-level τ) of an ensemble, fitted on tasks its members did not train on.
+
+Members trained on held-out blocks of the training tasks (see
+:func:`~hbmeta.inference.ensemble.holdout_blocks`: every task is new to at
+least two members) give out-of-sample predictions ``f_m`` on every task. Let
+``O_j`` be the members that did not train on task j. Two averages over them,
+
+    r² = mean over j, m ∈ O_j, q of ‖y − f_m‖²/o               (a member's error on a new task)
+    v  = mean over j, pairs a ≠ b in O_j, q of ‖f_a − f_b‖²/(2o)   (half the squared gap of two members)
+
+and the identity ``mean_m ‖y − f_m‖² = ‖y − f̄‖² + mean_m ‖f_m − f̄‖²`` for
+the M-member mean ``f̄`` give the error of that mean on a new task,
+``r² − v(M − 1)/M``, and the expected spread of M members, ``v(M − 1)/M``.
+The equal-weight mixture's variance is the spread plus the members' own
+predictive variance, so it matches the error of its mean (in the second
+moment) when the members' own variance is
+
+    V = r² − 2 v (M − 1)/M.
+
+Without a task-level posterior that variance is σ², so ``σ² = V``
+(:func:`holdout_noise`). With it (``spec.task_posterior``), each member's
+τ_m and σ_m are first fitted by type-II maximum likelihood on its own held-out
+tasks (:func:`~hbmeta.fit_task_hyperparameters`), which makes each member
+alone about right; then both are scaled by one factor ``c = V / V̄``, ``V̄``
+the members' mean out-of-sample predictive variance (:func:`holdout_task_scale`).
+Scaling ``(τ², σ²)`` by ``c`` leaves the linearised predictive mean unchanged
+(it depends on them through ``τ²(τ²K + σ²I)⁻¹`` only) and scales its
+covariance by exactly ``c``.
+
+What bias remains: the members that make these predictions trained on
+``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
+(σ is then slightly too large: a conservative error), and σ is matched in the
+second moment, not in the whole distribution.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hbmeta.model.spec import ModelSpec
+from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictive
+
+_FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
+
+
+class HoldoutNoise(NamedTuple):
+    """The out-of-sample figures behind σ (floats).
+
+    - ``noise``: σ = sqrt(V), V = r² − 2v(M − 1)/M floored at ``0.05²·r²``.
+    - ``member_mse``: r², a member's mean squared error on tasks it did not train on.
+    - ``spread``: v, half the mean squared difference of two members' predictions there.
+    - ``mixture_mse``: r² − v(M − 1)/M, the estimated error of the M-member mean on new tasks.
+    """
+
+    noise: float
+    member_mse: float
+    spread: float
+    mixture_mse: float
+
+
+class TaskScale(NamedTuple):
+    """τ_m and σ_m of every member with the task-level posterior (:func:`holdout_task_scale`).
+
+    - ``tau``: ``(M,)`` τ_m after scaling; ``noise``: ``(M,)`` σ_m after scaling (None for classification).
+    - ``scale``: c, the factor applied to (τ², σ²) (1 for classification and for a fixed σ).
+    - ``member_mse``, ``spread``: r² and v of the members' linearised predictive means.
+    - ``mean_var``: V̄, the members' mean out-of-sample predictive variance before scaling.
+    """
+
+    tau: np.ndarray
+    noise: np.ndarray | None
+    scale: float
+    member_mse: float
+    spread: float
+    mean_var: float
+
+
+def out_of_sample_mask(holdout_index, num_members: int, num_tasks: int) -> np.ndarray:
+    """``(M, T)`` 1.0 where member m did not train on task j."""
+    out = np.zeros((num_members, num_tasks))
+    for m, idx in enumerate(np.asarray(holdout_index)):
+        out[m, idx] = 1.0
+    return out
+
+
+@jax.jit
+def _moments(mu, y, out, w):
+    """``(r², v)`` from predictions ``mu`` ``(M, T, Mq, o)``, targets ``y``, mask ``out`` ``(M, T)``, weights ``w``."""
+    o = mu.shape[-1]
+    c = out.astype(mu.dtype)[:, :, None]  # (M, T, 1): member m is out of sample on task j
+    sq = jnp.sum(jnp.square(mu - y), axis=-1) / o  # (M, T, Mq)
+    r2 = jnp.sum(c * sq * w) / jnp.sum(c * w)
+    n = jnp.sum(c, axis=0)  # (T, 1): out-of-sample members per task
+    # Σ_{a<b} c_a c_b ‖μ_a − μ_b‖² = n Σ_a c_a ‖μ_a‖² − ‖Σ_a c_a μ_a‖²  (per point)
+    s1 = jnp.sum(c[..., None] * mu, axis=0)
+    pair_sq = (n * jnp.sum(c * jnp.sum(jnp.square(mu), -1), axis=0) - jnp.sum(jnp.square(s1), -1)) / o
+    v = 0.5 * jnp.sum(pair_sq * w) / jnp.sum(0.5 * n * (n - 1) * w)
+    return r2, v
+
+
+def _weights(tasks, dtype):
+    return jnp.ones(tasks.x_query.shape[:2], dtype) if tasks.query_mask is None else tasks.query_mask.astype(dtype)
+
+
+def member_noise(spec: ModelSpec, flat_theta, tasks, index):
+    """RMS residual ``σ_m`` of member m's adapted models on the tasks ``index[m]``: a ``(M,)`` array.
+
+    ``σ_m² = Σ_{j ∈ index[m], q} w_jq ‖y_jq − f_φ̂_mj(x_jq)‖²/o / Σ w_jq``
+    (masked query points have weight 0): the maximum-likelihood σ of member
+    m on those tasks.
+    """
+    rule = spec.rule
+
+    def one(flat, idx):
+        t = tasks.take(idx)
+        phi = rule.adapt_tasks(spec.unravel(flat), t)
+        sq = jnp.mean(jnp.square(jax.vmap(rule.apply)(phi, t.x_query) - t.y_query), axis=-1)
+        w = jnp.ones_like(sq) if t.query_mask is None else t.query_mask.astype(sq.dtype)
+        return jnp.sqrt(jnp.sum(sq * w) / jnp.maximum(jnp.sum(w), 1.0))
+
+    return jax.jit(jax.vmap(one))(jnp.asarray(flat_theta), jnp.asarray(index))
+
+
+def holdout_noise(spec: ModelSpec, flat_theta, tasks, holdout_index) -> HoldoutNoise:
+    """σ of the equal-weight mixture from out-of-sample predictions (module docstring).
+
+    ``flat_theta`` ``(M, P)`` are the members, ``holdout_index`` ``(M, n)``
+    the tasks each did not train on (tasks new to fewer than two members add
+    nothing to the spread).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> import hbmeta as hb
+        >>> spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.1), {"w": jnp.zeros(1)})
+        >>> tasks = hb.LinearGaussian(dim=1, noise=0.5).sample(jax.random.key(0), 6)
+        >>> res = holdout_noise(spec, jnp.zeros((3, 1)), tasks, np.array([[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 0, 1]]))
+        >>> res.spread, round(res.noise ** 2, 6) == round(res.member_mse, 6)  # identical members: no spread
+        (0.0, True)
+    """
+    rule = spec.rule
+    flat_theta = jnp.asarray(flat_theta)
+    num_members = int(flat_theta.shape[0])
+    out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
+    mu = jax.jit(jax.vmap(lambda f: jax.vmap(rule.apply)(rule.adapt_tasks(spec.unravel(f), tasks), tasks.x_query)))(
+        flat_theta)
+    r2, v = (float(a) for a in _moments(mu, tasks.y_query, jnp.asarray(out), _weights(tasks, mu.dtype)))
+    factor = (num_members - 1) / num_members
+    sigma2 = max(r2 - 2 * v * factor, _FLOOR * r2)
+    return HoldoutNoise(float(np.sqrt(sigma2)), r2, v, r2 - v * factor)
+
+
+def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num_steps: int = 100) -> TaskScale:
+    """τ_m, σ_m of every member with the task-level posterior, fitted on its held-out tasks and scaled (module docstring).
+
+    Requires ``spec.task_posterior`` with an inferred τ (``tau=None``). For a
+    regression likelihood with an inferred σ both are scaled by c; with a
+    fixed σ, or for classification, only τ_m is fitted and c = 1.
+    """
+    tp = spec.task_posterior
+    if tp is None or tp.tau is not None:
+        raise ValueError("spec.task_posterior is None or has a fixed tau; expected TaskPosterior(tau=None), so that "
+                         "each member's τ is fitted on its held-out tasks")
+    lik = spec.likelihood
+    fixed_noise = lik.noise if lik.regression else None
+    flat_theta = np.asarray(flat_theta)
+    num_members = flat_theta.shape[0]
+    taus, sigmas, means, variances = [], [], [], []
+    for m in range(num_members):
+        held = tasks.take(jnp.asarray(np.asarray(holdout_index)[m]))
+        fit = fit_task_hyperparameters(spec, jnp.asarray(flat_theta[m]), held, noise=fixed_noise, num_steps=num_steps)
+        sigma = fixed_noise if fixed_noise is not None else fit.noise
+        taus.append(fit.tau)
+        sigmas.append(sigma)
+        if lik.regression:
+            pred = task_predictive(spec, jnp.asarray(flat_theta[m]), tasks, tau=fit.tau, noise=sigma)
+            means.append(pred.mean)
+            variances.append(pred.var)
+    taus = np.asarray(taus)
+    if not lik.regression:
+        return TaskScale(taus, None, 1.0, float("nan"), float("nan"), float("nan"))
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    mu, var = jnp.stack(means), jnp.stack(variances)
+    out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
+    w = _weights(tasks, mu.dtype)
+    r2, v = (float(a) for a in _moments(mu, tasks.y_query, jnp.asarray(out), w))
+    c_mask = jnp.asarray(out, mu.dtype)[:, :, None]
+    mean_var = float(jnp.sum(c_mask * jnp.mean(var, -1) * w) / jnp.sum(c_mask * w))
+    scale = 1.0
+    if fixed_noise is None:
+        target = max(r2 - 2 * v * (num_members - 1) / num_members, _FLOOR * r2)
+        scale = target / mean_var
+    root = float(np.sqrt(scale))
+    return TaskScale(taus * root, sigmas * root if fixed_noise is None else sigmas, scale, r2, v, mean_var)

@@ -1,0 +1,108 @@
+"""Sharded against unsharded results on every path with a task axis; run by tests/test_scale_sharding.py.
+
+``checks(n)`` computes each path once with ``devices=None`` and once split over
+``n`` devices and returns ``{name: relative difference}``, plus the
+``shard_map`` trap (a naive ``grad`` inside ``shard_map``) as a difference
+that must be large. ``python tests/_scale_checks.py N`` prints the same as
+JSON (the test runs it in a fresh process with N simulated CPU devices).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _rel(a, b):
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm((a - b).ravel()) / max(np.linalg.norm(b.ravel()), 1e-30))
+
+
+def _flat(tree):
+    import jax
+    import numpy as np
+
+    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+def checks(n: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec
+    from numpyro.infer.util import log_density
+
+    import hbmeta as hb
+    from hbmeta.model.hierarchical import build_model
+    from hbmeta.tasks.sharding import place_tasks, task_map, task_mesh
+
+    assert jax.device_count() >= n, (jax.device_count(), n)
+    out = {}
+    net = hb.mlp((1, 8, 1))
+    rule = hb.GradientSteps(net.apply, step_size=0.05, num_steps=2)
+    maml = hb.train_maml(net.init(jax.random.key(0)), hb.Sinusoid(), rule=rule, key=jax.random.key(1),
+                         num_iterations=30, meta_batch_size=8, progress=False)
+    maml_n = hb.train_maml(net.init(jax.random.key(0)), hb.Sinusoid(), rule=rule, key=jax.random.key(1),
+                           num_iterations=30, meta_batch_size=8, progress=False, devices=n)
+    out["maml_losses"] = _rel(maml_n.losses, maml.losses)
+    out["maml_params"] = _rel(_flat(maml_n.params), _flat(maml.params))
+    theta = maml.params
+    tasks = hb.Sinusoid().sample(jax.random.key(2), 8)
+    spec = hb.ModelSpec(rule, theta)  # σ inferred: two latent sites
+
+    # the model's log density and its gradient (what NUTS, HMC and SVI differentiate)
+    model = build_model(spec)
+    flat = spec.ravel(theta)
+    f = jax.jit(jax.value_and_grad(lambda th, t: log_density(model, (t,), {}, {"theta": th, "noise": 0.3})[0]))
+    v1, g1 = f(flat, tasks)
+    vn, gn = f(flat, place_tasks(tasks, n))
+    out["log_density"], out["log_density_grad"] = _rel(vn, v1), _rel(gn, g1)
+
+    init = hb.maml_posterior(spec, theta, tasks)
+    nuts = dict(method="nuts", key=jax.random.key(3), init=init, num_chains=2, num_warmup=10, num_samples=10,
+                max_tree_depth=3, progress=False)
+    p1 = hb.infer(spec, tasks, chain_method="vectorized", **nuts)
+    pn = hb.infer(spec, tasks, devices=n, **nuts)
+    out["nuts_theta"] = _rel(pn.samples["theta"], p1.samples["theta"])
+    out["nuts_chain_method"] = pn.settings["chain_method"] + " | " + pn.info["chain_method_reason"]
+
+    svi = dict(method="svi", key=jax.random.key(4), init=init, num_steps=40, num_draws=20, progress=False)
+    s1, sn = hb.infer(spec, tasks, **svi), hb.infer(spec, tasks, devices=n, **svi)
+    out["svi_losses"] = _rel(sn.info["losses"], s1.info["losses"])
+    out["svi_theta"] = _rel(sn.samples["theta"], s1.samples["theta"])
+
+    svgd = dict(method="svgd", key=jax.random.key(5), init=init, num_particles=3, num_steps=20, progress=False)
+    out["svgd_theta"] = _rel(hb.infer(spec, tasks, devices=n, **svgd).samples["theta"],
+                             hb.infer(spec, tasks, **svgd).samples["theta"])
+
+    # the predictive and the per-task log-likelihood, on a task count that is not a multiple of n
+    odd = hb.Sinusoid().sample(jax.random.key(6), 2 * n + 1)
+    q1 = hb.sample_predictive(s1, odd, key=jax.random.key(7), task_chunk=3)
+    qn = hb.sample_predictive(s1, odd, key=jax.random.key(7), task_chunk=3, devices=n)
+    out["predictive_mean"], out["predictive_y"] = _rel(qn.mean, q1.mean), _rel(qn.y, q1.y)
+    ll1 = hb.to_arviz(s1, odd, key=jax.random.key(8)).log_likelihood["y"].values
+    lln = hb.to_arviz(s1, odd, key=jax.random.key(8), devices=n).log_likelihood["y"].values
+    out["log_likelihood"] = _rel(lln, ll1)
+
+    # shard_map: hbmeta's task_map against the naive version (grad inside shard_map w.r.t. a replicated θ)
+    mesh = task_mesh(jax.devices()[:n])
+    losses = lambda p, t: rule.query_losses(p, t)
+    naive = jax.shard_map(losses, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("tasks")),
+                          out_specs=PartitionSpec("tasks"))
+    reference = jax.jit(losses)(theta, tasks)
+    out["task_map_losses"] = _rel(jax.jit(task_map(losses, mesh))(theta, tasks), reference)
+    out["naive_shard_map_losses"] = _rel(jax.jit(naive)(theta, tasks), reference)
+    meta = lambda fn: jax.jit(jax.grad(lambda p: jnp.mean(fn(p, tasks))))(theta)
+    out["task_map_meta_grad"] = _rel(_flat(meta(task_map(losses, mesh))), _flat(meta(losses)))
+    out["num_devices"] = n
+    return out
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+    print("RESULT " + json.dumps(checks(int(sys.argv[1]))))
