@@ -36,16 +36,16 @@ def checks(n: int) -> dict:
 
     import hbmeta as hb
     from hbmeta.model.hierarchical import build_model
-    from hbmeta.tasks.sharding import place_tasks, task_map, task_mesh
+    from hbmeta.tasks.sharding import place_tasks, shard_inputs, task_map, task_mesh
 
     assert jax.device_count() >= n, (jax.device_count(), n)
     out = {}
     net = hb.mlp((1, 8, 1))
     rule = hb.GradientSteps(net.apply, step_size=0.05, num_steps=2)
     maml = hb.train_maml(net.init(jax.random.key(0)), hb.Sinusoid(), rule=rule, key=jax.random.key(1),
-                         num_iterations=30, meta_batch_size=8, progress=False)
+                         num_iterations=10, meta_batch_size=8, progress=False)
     maml_n = hb.train_maml(net.init(jax.random.key(0)), hb.Sinusoid(), rule=rule, key=jax.random.key(1),
-                           num_iterations=30, meta_batch_size=8, progress=False, devices=n)
+                           num_iterations=10, meta_batch_size=8, progress=False, devices=n)
     out["maml_losses"] = _rel(maml_n.losses, maml.losses)
     out["maml_params"] = _rel(_flat(maml_n.params), _flat(maml.params))
     theta = maml.params
@@ -59,6 +59,15 @@ def checks(n: int) -> dict:
     v1, g1 = f(flat, tasks)
     vn, gn = f(flat, place_tasks(tasks, n))
     out["log_density"], out["log_density_grad"] = _rel(vn, v1), _rel(gn, g1)
+    # as the samplers see it: the tasks closed over by a compiled function (a constant, on one device) are
+    # split again by shard_inputs, so the compiled potential sums the tasks' terms across devices
+    mesh = task_mesh(jax.devices()[:n])
+    closed = jax.jit(jax.grad(lambda th: log_density(shard_inputs(model, mesh), (tasks,), {},
+                                                     {"theta": th, "noise": 0.3})[0]))
+    out["closed_log_density_grad"] = _rel(closed(flat), g1)
+    out["closed_all_reduces"] = closed.lower(flat).compile().as_text().count("all-reduce")
+    unsharded = jax.jit(jax.grad(lambda th: log_density(model, (tasks,), {}, {"theta": th, "noise": 0.3})[0]))
+    out["unsharded_all_reduces"] = unsharded.lower(flat).compile().as_text().count("all-reduce")
 
     init = hb.maml_posterior(spec, theta, tasks)
     nuts = dict(method="nuts", key=jax.random.key(3), init=init, num_chains=2, num_warmup=10, num_samples=10,
@@ -77,6 +86,15 @@ def checks(n: int) -> dict:
     out["svgd_theta"] = _rel(hb.infer(spec, tasks, devices=n, **svgd).samples["theta"],
                              hb.infer(spec, tasks, **svgd).samples["theta"])
 
+    # Laplace on the linear-Gaussian model (a well-conditioned Hessian: the network's is nearly singular, and
+    # its draws would magnify the last bits of the MAP)
+    lin = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.1), {"w": jnp.zeros(2)},
+                       likelihood=hb.NormalLikelihood(noise=0.5))
+    lin_tasks = hb.LinearGaussian(dim=2).sample(jax.random.key(9), 8)
+    laplace = dict(method="laplace", key=jax.random.key(10), num_steps=30, num_draws=20, progress=False)
+    out["laplace_theta"] = _rel(hb.infer(lin, lin_tasks, devices=n, **laplace).samples["theta"],
+                                hb.infer(lin, lin_tasks, **laplace).samples["theta"])
+
     # the predictive and the per-task log-likelihood, on a task count that is not a multiple of n
     odd = hb.Sinusoid().sample(jax.random.key(6), 2 * n + 1)
     q1 = hb.sample_predictive(s1, odd, key=jax.random.key(7), task_chunk=3)
@@ -87,7 +105,6 @@ def checks(n: int) -> dict:
     out["log_likelihood"] = _rel(lln, ll1)
 
     # shard_map: hbmeta's task_map against the naive version (grad inside shard_map w.r.t. a replicated θ)
-    mesh = task_mesh(jax.devices()[:n])
     losses = lambda p, t: rule.query_losses(p, t)
     naive = jax.shard_map(losses, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("tasks")),
                           out_specs=PartitionSpec("tasks"))

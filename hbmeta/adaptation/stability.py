@@ -2,9 +2,9 @@
 
 One inner step ``φ ← φ − α∇L(φ)`` near a minimum with Hessian ``H`` multiplies
 the error by ``I − αH``; it shrinks in every direction only when
-``0 < αλ < 2`` for each eigenvalue ``λ`` of ``H`` (the classical condition
-for gradient descent on a quadratic, e.g. Nocedal & Wright, *Numerical
-Optimization*, §3.3; for the MAML sinusoid protocol see docs/reliability.md).
+``0 < αλ < 2`` for each eigenvalue ``λ`` of ``H`` (the classical stability
+condition of gradient descent on a quadratic: the error along an eigenvector
+is multiplied by ``1 − αλ`` per step; see docs/reliability.md).
 So when ``α·λ_max ≥ 2`` on a task's support set, repeated fine-tuning steps
 from θ grow the error along the top eigenvector instead of reducing it, and
 the loss can explode after a few steps: the fix is ``α < 2/λ_max``.

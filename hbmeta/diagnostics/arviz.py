@@ -41,7 +41,8 @@ APPLIES = {
     "modes": "Markov chains started in different modes on purpose (superchains from ensemble members): the plain "
              "R-hat across modes is large by design and does not apply; R-hat within each mode and the stratified "
              "ESS of the equal-weight mixture do (hbmeta.diagnostics.modes).",
-    "iid": "Independent draws from a fitted distribution: R-hat is 1 and ESS the number of draws by construction, so "
+    "iid": "Convergence checks apply to MCMC, not here. Independent draws from a fitted distribution: R-hat is 1 "
+           "and ESS the number of draws by construction, so "
            "they only describe Monte Carlo error, not how close the approximation is to the posterior (compare "
            "held-out metrics or methods for that).",
     "particles": "A fixed set of particles or independently trained members, one draw each: there are no chains to "

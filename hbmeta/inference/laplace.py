@@ -46,6 +46,7 @@ from hbmeta.inference.common import (
 from hbmeta.inference.ggn import CURVATURES, check_ggn_spec, ggn_precision
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
+from hbmeta.tasks.sharding import check_divisible, resolve_mesh, shard_inputs
 
 
 def minimize(fun, x0, *, optimizer, num_steps: int, chunk_size: int = 500, progress: bool = False, label="MAP"):
@@ -137,6 +138,7 @@ def run_laplace(
     num_draws: int = 1000,
     init=None,
     curvature: str = "hessian",
+    devices=None,
     progress: bool = True,
 ) -> Posterior:
     """Laplace approximation around the MAP: ``N(u*, H⁻¹)`` in unconstrained space.
@@ -155,6 +157,8 @@ def run_laplace(
             ``"ggn"`` (the generalized Gauss–Newton matrix of the query
             likelihood through φ̂(θ) plus the prior precision, positive
             definite by construction; :mod:`hbmeta.inference.ggn`).
+        devices: split the tasks of the potential over these devices (an
+            int, a list of devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`).
         progress: show progress of the MAP search.
 
     Returns:
@@ -187,8 +191,10 @@ def run_laplace(
     values = init_values(spec, init, tasks.num_tasks)
     if curvature == "ggn":
         check_ggn_spec(spec)
+    mesh = resolve_mesh(devices)
+    check_divisible("the number of tasks", tasks.num_tasks, mesh)
 
-    model = build_model(spec)
+    model = shard_inputs(build_model(spec), mesh)
     k_init, k_draw = jax.random.split(key)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
     start = time.perf_counter()

@@ -27,7 +27,7 @@ from hbmeta.inference.common import (
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
-from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh
+from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh, shard_inputs
 
 KERNELS = ("nuts", "hmc")
 CHAIN_METHODS = ("parallel", "vectorized", "sequential")
@@ -179,7 +179,7 @@ def run_nuts(
     chain_method, reason = choose_chain_method(num_chains, chain_method, task_devices=task_devices)
     tasks = place_tasks(tasks, mesh)
 
-    model = build_model(spec)
+    model = shard_inputs(build_model(spec), mesh)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
     if kernel == "nuts":
         sampler = NUTS(

@@ -35,6 +35,7 @@ from hbmeta.inference.common import (
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
+from hbmeta.tasks.sharding import check_divisible, resolve_mesh, shard_inputs
 
 
 def init_near(site=None, values=None, radius=0.1):
@@ -67,6 +68,7 @@ def run_svgd(
     init=None,
     init_radius: float = 0.1,
     chunk_size: int = 500,
+    devices=None,
     progress: bool = True,
 ) -> Posterior:
     """SVGD particles approximating the posterior over θ (and σ, α when inferred).
@@ -84,6 +86,8 @@ def run_svgd(
             Default: uniform in (−2, 2).
         init_radius: the spread of the initial particles around ``init``.
         chunk_size: steps per compiled chunk; progress is shown between chunks.
+        devices: split the tasks over these devices (an int, a list of
+            devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`).
         progress: show NumPyro's progress bar.
 
     Returns:
@@ -109,8 +113,10 @@ def run_svgd(
     check_positive("init_radius", init_radius)
     check_tasks(spec, tasks)
     values = init_values(spec, init, tasks.num_tasks)
+    mesh = resolve_mesh(devices)
+    check_divisible("the number of tasks", tasks.num_tasks, mesh)
 
-    model = build_model(spec)
+    model = shard_inputs(build_model(spec), mesh)
     strategy = init_to_uniform if values is None else init_near(values=values, radius=float(init_radius))
     opt, opt_name = default_optimizer("svgd") if optimizer is None else (optimizer, optimizer)
     svgd = SVGD(

@@ -38,7 +38,7 @@ from hbmeta.inference.common import (
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
-from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh
+from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh, shard_inputs
 
 GUIDES = {
     "mean_field": AutoNormal,
@@ -135,7 +135,7 @@ def run_svi(
     check_divisible("the number of tasks", tasks.num_tasks, mesh)
     tasks = place_tasks(tasks, mesh)
 
-    model = build_model(spec)
+    model = shard_inputs(build_model(spec), mesh)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
     auto = make_guide(model, guide, init_loc_fn=strategy, rank=rank, init_scale=float(init_scale))
     if optimizer is None:
