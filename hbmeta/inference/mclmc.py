@@ -42,7 +42,7 @@ from hbmeta.model.posterior import Posterior
 
 def _blackjax():
     try:  # optional dependency, imported only when MCLMC is asked for
-        import blackjax
+        import blackjax  # optional: the mclmc extra
     except ImportError as err:
         raise ImportError("run_mclmc needs blackjax: pip install 'hbmeta[mclmc]' (or pip install blackjax)") from err
     return blackjax

@@ -179,7 +179,7 @@ class RunSection:
     toy: bool = opt(False, "bool", "cap every size to a toy value (a run in seconds; for tests)")
     progress: bool = opt(True, "bool", "print progress of long stages on standard error")
     checkpoint_every: int = opt(1000, "int", "meta-iterations between checkpoints of MAML training (in the run's "
-                                             "partial directory; `hbmeta run --resume` continues from them); 0: none",
+                                             "partial directory; a resumed run continues from them); 0: none",
                                 lo=0)
 
 
