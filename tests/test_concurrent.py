@@ -8,7 +8,6 @@ import threading
 
 import pytest
 
-from hbmeta.cli.main import main
 from hbmeta.run import rundir
 from hbmeta.run.rundir import RunDirectoryBusy, RunDirectoryExists, RunWriter, new_run_path
 
@@ -71,7 +70,10 @@ def test_two_runs_with_the_same_out_one_wins_and_a_rerun_reproduces_it(tmp_path)
     assert sorted(os.listdir(tmp_path / "same")) and (tmp_path / "same" / "run.json").exists()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".same")]  # no partial directory, no lock
     # hbmeta run RUN/config.toml reproduces every metric exactly (only the timings differ)
-    assert main(["run", str(tmp_path / "same" / "config.toml"), "-q", "--out", str(tmp_path / "again")]) == 0
+    again = subprocess.run(HBMETA + ["run", "same/config.toml", "-q", "--out", "again"], cwd=tmp_path,
+                           env=dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "c2")), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
     first, again = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("same", "again"))
     first.pop("timings_s"), again.pop("timings_s")
     assert again == first

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import os
+import re
 import tomllib
 
 import pytest
@@ -200,3 +201,39 @@ def test_resolve_from_any_directory(tmp_path, monkeypatch):
     os.makedirs("empty")
     with pytest.raises(ValueError, match="is a directory without config.toml"):
         load_config("empty")
+
+
+def test_task_posterior_section_reads_round_trips_and_builds_the_spec(tmp_path):
+    cfg = load_config("sinusoid", ["task_posterior.kind=adapted", "inference.method=ensemble"])
+    assert cfg.task_posterior.kind == "adapted" and cfg.task_posterior.tau == "inferred"
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert load_config(str(path)) == cfg
+    fixed = load_config("linear", ["task_posterior.kind=theta", "task_posterior.tau=0.3"])
+    assert fixed.task_posterior.tau == 0.3
+    from hbmeta.run import build as _build
+
+    tp = _build.task_posterior(fixed)
+    assert tp.prior_mean == "theta" and tp.tau == 0.3 and tp.tau_prior_scale == 1.0
+    inferred = _build.task_posterior(load_config("linear", ["task_posterior.kind=adapted"]))
+    assert inferred.prior_mean == "adapted" and inferred.tau is None
+    assert _build.task_posterior(load_config("linear")) is None
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["task_posterior.kind=both"], "task_posterior.kind = 'both'"),
+    (["task_posterior.tau=-1"], "task_posterior.tau = -1"),
+    (["task_posterior.kind=adapted", "prior.explicit_tau=0.5"], "expected only one"),
+    (["task_posterior.kind=adapted", "inference.method=maml"], "expected a method that fits τ and σ"),
+    (["task_posterior.kind=adapted", "inference.method=ensemble", "task_posterior.tau=0.2"],
+     "expected tau = 'inferred' and holdout = 'folds'"),
+])
+def test_task_posterior_bad_settings_are_named(overrides, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        load_config("sinusoid", overrides)
+
+
+def test_task_posterior_classification_needs_the_ensemble():
+    with pytest.raises(ValueError, match=r"likelihood.kind = 'categorical' and inference.method = 'nuts'"):
+        load_config("blobs", ["task_posterior.kind=adapted"])
+    assert load_config("blobs", ["task_posterior.kind=adapted", "inference.method=ensemble"]).task_posterior.kind == "adapted"

@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one configuration key, e.g. --set inference.nuts.num_samples=100 (repeatable)")
         s.add_argument("--toy", action="store_true", default=None, help="toy size: every size capped, seconds")
         s.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+        s.add_argument("--distributed", action="store_true",
+                       help="join the other processes of a multi-host run (jax.distributed: Slurm, Open MPI and "
+                            "TPU pods are detected); process 0 writes the run (docs/scale.md)")
         return s
 
     run = job("run", "meta-train MAML, fit the posterior, evaluate on held-out tasks and write a run directory",
@@ -192,6 +195,10 @@ def _cmd_job(a, *, fit_only: bool) -> int:
     if cfg.run.toy:
         _fast_compile()
     _use_cpu_cores()  # both before JAX starts: reading the tasks below starts it
+    if getattr(a, "distributed", False):
+        from hbmeta.distributed import initialize
+
+        initialize()
     train_tasks = None
     if getattr(a, "tasks", None):
         from hbmeta.cli.userdata import read_tasks

@@ -33,7 +33,7 @@ from hbmeta.model.posterior import Posterior
 from hbmeta.model.task_linearised import predictive_one
 from hbmeta.predict.mixture import pit
 from hbmeta.tasks.batch import TaskBatch
-from hbmeta.tasks.sharding import resolve_mesh, task_sharding
+from hbmeta.tasks.sharding import resolve_mesh, task_sharding, to_host
 
 
 class Predictive(NamedTuple):
@@ -300,7 +300,7 @@ def sample_predictive(
 
     def store(i, j, res):
         nonlocal first_out, y_out, phi_out, sd_out
-        first, y, phi, sd = jax.device_get(res)
+        first, y, phi, sd = to_host(res)
         if first_out is None:
             first_out = np.full((N, T) + first.shape[2:], np.nan, first.dtype)
             y_out = np.empty((N, T) + y.shape[2:], y.dtype)

@@ -22,7 +22,14 @@ import optax
 from hbmeta.adaptation.networks import Network, linear, mlp
 from hbmeta.adaptation.steps import GradientSteps
 from hbmeta.inference.common import make_optimizer
-from hbmeta.model.spec import CategoricalLikelihood, ModelSpec, NormalLikelihood, NormalPrior, StepSizePrior
+from hbmeta.model.spec import (
+    CategoricalLikelihood,
+    ModelSpec,
+    NormalLikelihood,
+    NormalPrior,
+    StepSizePrior,
+    TaskPosterior,
+)
 from hbmeta.run.config import Config
 
 
@@ -125,7 +132,17 @@ def spec(cfg: Config, net: Network, params, *, step_size=None, rule_=None) -> Mo
     r = rule_ if rule_ is not None and step_size is None else rule(cfg, net, step_size=step_size)
     ssp = StepSizePrior(loc=math.log(float(r.step_size)), scale=p.step_size_scale) if p.infer_step_size else None
     tau = None if p.explicit_tau == "off" else float(p.explicit_tau)
-    return ModelSpec(r, params, prior=prior, likelihood=likelihood, step_size_prior=ssp, explicit_tau=tau)
+    return ModelSpec(r, params, prior=prior, likelihood=likelihood, step_size_prior=ssp, explicit_tau=tau,
+                     task_posterior=task_posterior(cfg))
+
+
+def task_posterior(cfg: Config) -> TaskPosterior | None:
+    """The :class:`~hbmeta.TaskPosterior` of ``[task_posterior]``, or None with ``kind = "off"``."""
+    tp = cfg.task_posterior
+    if tp.kind == "off":
+        return None
+    return TaskPosterior(tau=None if tp.tau == "inferred" else float(tp.tau), tau_prior_scale=tp.tau_prior_scale,
+                         prior_mean=tp.kind)
 
 
 def method_settings(cfg: Config, method: str | None = None) -> dict:

@@ -40,6 +40,7 @@ from hbmeta.run.config_sections import (
     NetworkSection,
     PriorSection,
     RunSection,
+    TaskPosteriorSection,
     TasksSection,
 )
 
@@ -60,6 +61,7 @@ class Config:
     evaluation: EvaluationSection
     run: RunSection
     data: DataSection = field(default_factory=DataSection)
+    task_posterior: TaskPosteriorSection = field(default_factory=TaskPosteriorSection)
     source: str = field(default="<defaults>", compare=False)
 
     @property
@@ -170,6 +172,7 @@ def from_dict(raw: dict, *, where: str = "<dict>", cross_check: bool = True) -> 
 
 
 def _cross_check(cfg: Config, where: str) -> None:
+    _check_task_posterior(cfg, where)
     if cfg.data.path:
         _check_data(cfg, where)
         return
@@ -194,6 +197,28 @@ def _cross_check(cfg: Config, where: str) -> None:
         value = getattr(tasks, key)
         if value % n:
             raise ValueError(f"{where}: tasks.{key} = {value}; expected a multiple of family.num_classes = {n}")
+
+
+def _check_task_posterior(cfg: Config, where: str) -> None:
+    """``[task_posterior]`` needs a posterior over θ; classification and the ensemble fit τ on held-out folds."""
+    tp, method = cfg.task_posterior, cfg.inference.method
+    if tp.kind == "off":
+        return
+    if cfg.prior.explicit_tau != "off":
+        raise ValueError(f"{where}: task_posterior.kind = {tp.kind!r} with prior.explicit_tau = {cfg.prior.explicit_tau}; "
+                         "expected only one (both put φ_j ~ N(θ, τ²I) under each task): set explicit_tau = 'off'")
+    if method == "maml":
+        raise ValueError(f"{where}: task_posterior.kind = {tp.kind!r} with inference.method = 'maml'; expected a "
+                         "method that fits τ and σ, e.g. 'ensemble' (on held-out folds) or a sampler such as 'nuts'")
+    if method == "ensemble":
+        if tp.tau != "inferred" or cfg.inference.ensemble.holdout != "folds":
+            raise ValueError(f"{where}: task_posterior.tau = {tp.tau!r} and inference.ensemble.holdout = "
+                             f"{cfg.inference.ensemble.holdout!r}; expected tau = 'inferred' and holdout = 'folds' "
+                             "(each member's τ and σ are fitted on the tasks it did not train on)")
+    elif not cfg.regression:
+        raise ValueError(f"{where}: task_posterior.kind = {tp.kind!r} with likelihood.kind = 'categorical' and "
+                         f"inference.method = {method!r}; expected method 'ensemble' (the in-model task-level "
+                         "integral is for regression only)")
 
 
 def _check_data(cfg: Config, where: str) -> None:

@@ -73,6 +73,17 @@ class LikelihoodSection:
 
 
 @dataclass(frozen=True)
+class TaskPosteriorSection:
+    """``[task_posterior]``: integrate each task's parameters out (:class:`~hbmeta.TaskPosterior`), or not."""
+
+    kind: str = opt("off", "str", "off (φ̂_j is a point) | adapted (φ_j ~ N(φ̂_j(θ), τ²I), linearised) | "
+                    "theta (φ_j ~ N(θ, τ²I), linearised)", choices=("off", "adapted", "theta"))
+    tau: object = opt("inferred", "pos_or", "inferred (a latent τ ~ HalfNormal(tau_prior_scale); with method "
+                      "ensemble, fitted on the folds) | τ > 0 fixed", sentinel="inferred")
+    tau_prior_scale: float = opt(1.0, "float", "scale of the HalfNormal prior on τ", lo=0.0, strict=True)
+
+
+@dataclass(frozen=True)
 class MAMLSection:
     num_iterations: int = opt(10000, "int", "meta-iterations of MAML (Algorithm 1)", lo=1)
     meta_batch_size: int = opt(25, "int", "tasks per meta-iteration (at most tasks.num_train)", lo=1)
@@ -181,6 +192,8 @@ class RunSection:
     checkpoint_every: int = opt(1000, "int", "meta-iterations between checkpoints of MAML training (in the run's "
                                              "partial directory; a resumed run continues from them); 0: none",
                                 lo=0)
+    devices: int = opt(1, "int", "devices to split the tasks over (MAML, the posterior, the predictive): 1 = one "
+                                 "(NUTS chains may still take one device each), 0 = all, n = the first n", lo=0)
 
 
 SECTIONS = {
@@ -190,6 +203,7 @@ SECTIONS = {
     "adaptation": AdaptationSection,
     "prior": PriorSection,
     "likelihood": LikelihoodSection,
+    "task_posterior": TaskPosteriorSection,
     "maml": MAMLSection,
     "inference": InferenceSection,
     "evaluation": EvaluationSection,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import jax
@@ -30,16 +31,19 @@ from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
 from hbmeta.base.validate import check_type
 from hbmeta.diagnostics.arviz import diagnose, save_netcdf, to_arviz
+from hbmeta.distributed import is_main_process
 from hbmeta.inference.dispatch import infer, maml_posterior
 from hbmeta.inference.ensemble import ensemble_train_size
 from hbmeta.maml.evaluate import divergence_message, evaluate
 from hbmeta.maml.train import train_maml
+from hbmeta.model.task_posterior import fit_task_hyperparameters
 from hbmeta.predict.metrics import coverage_by_spread, predictive_metrics
 from hbmeta.predict.predictive import sample_predictive
 from hbmeta.run import build as _build
 from hbmeta.run.config import Config
 from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
 from hbmeta.run.rundir import RunWriter, new_run_path
+from hbmeta.run.scratch import ScratchWriter
 from hbmeta.run.table_data import data_metrics, load_table_data, write_group_pictures
 from hbmeta.tasks.batch import TaskBatch
 
@@ -117,9 +121,11 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
     objects = _build.build_objects(eff, input_dim=None if data is None else data.input_dim)  # built once
     method, keys = objects.method, objects.keys
     evaluate_held_out = not fit_only and train_tasks is None and (data is None or data.test is not None)
-    final_path = new_run_path(cfg.model.name, out=out, runs_dir=runs_dir)
-    stages = _Stages(5 if evaluate_held_out else 4, eff.run.progress, stream)
-    writer = RunWriter(final_path, resume=resume)
+    main = is_main_process()  # in a distributed run every process computes; process 0 alone writes and prints
+    final_path = new_run_path(cfg.model.name, out=out, runs_dir=runs_dir) if main else str(out or runs_dir)
+    devices = run_devices(eff.run.devices)
+    stages = _Stages(5 if evaluate_held_out else 4, eff.run.progress and main, stream)
+    writer = RunWriter(final_path, resume=resume) if main else ScratchWriter(final_path)
     try:
         writer.write_text("config.toml", cfg.to_toml())  # first: an interrupted run can be resumed from it
         stages.start("tasks", "drawing tasks" if train_tasks is None and data is None else "checking the training tasks")
@@ -141,14 +147,15 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             train, rule=objects.rule, key=keys["maml"],
             num_iterations=eff.maml.num_iterations, optimizer=objects.maml_optimizer,
             meta_batch_size=min(eff.maml.meta_batch_size, train.num_tasks),
-            learn_step_size=eff.maml.learn_step_size, progress=eff.run.progress,
+            learn_step_size=eff.maml.learn_step_size, progress=eff.run.progress and main, devices=devices,
             chunk_size=min(1000, eff.run.checkpoint_every or 1000),
             checkpoint=Checkpointer(writer.checkpoint_path("maml"), every_steps=eff.run.checkpoint_every)
             if eff.run.checkpoint_every else None,
         )
         alpha = float(np.asarray(maml.step_size)) if eff.maml.learn_step_size else None
         spec = _build.spec(eff, objects.network, maml.params, step_size=alpha, rule_=objects.rule)
-        maml_post = maml_posterior(spec, maml.params, train)
+        # MAML's point estimate, scored beside the method: φ̂_j a point, σ its RMS residual (no task posterior)
+        maml_post = maml_posterior(replace(spec, task_posterior=None), maml.params, train)
 
         stages.start("posterior", f"fitting the posterior over θ ({method}, {spec.num_params} parameters, "
                                   f"from {'MAML θ' if eff.inference.init == 'maml' else 'the default start'})")
@@ -156,14 +163,23 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             post = maml_post
         else:
             init = maml_post if eff.inference.init == "maml" else None  # θ and σ (RMS residual) of MAML
+            if init is not None and spec.task_posterior is not None and method != "ensemble":
+                # start τ and σ at their type-II maximum-likelihood values at MAML's θ (on the training tasks:
+                # only a starting point, the method then fits them)
+                fitted = fit_task_hyperparameters(spec, maml.params, train,
+                                                  noise=spec.likelihood.noise if eff.regression else None)
+                init = maml_posterior(spec, maml.params, train, tau=fitted.tau,
+                                      noise=fitted.noise if spec.likelihood.noise is None and eff.regression else None)
             settings = dict(objects.method_settings)
             if method == "ensemble":  # members start from their own random initialisations, not MAML's θ
                 input_dim = None if data is None else data.input_dim
                 init = lambda k: _build.initial_params(eff, objects.network, k, input_dim=input_dim)
                 settings["meta_batch_size"] = min(settings["meta_batch_size"], ensemble_train_size(
                     train.num_tasks, settings["num_members"], settings["holdout"]))
-            post = infer(spec, train, method=method, key=keys["infer"], init=init, progress=eff.run.progress,
-                         **settings)
+            post = infer(spec, train, method=method, key=keys["infer"], init=init,
+                         progress=eff.run.progress and main, devices=devices, **settings)
+            if "chain_method_reason" in post.info and stages.enabled:
+                print(f"hbmeta: note: {post.info['chain_method_reason']}", file=stages.stream, flush=True)
 
         metrics = {
             "model": cfg.model.name, "method": method, "seed": eff.run.seed, "toy": eff.run.toy,
@@ -173,9 +189,9 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         predictives = {}
         if evaluate_held_out:
             stages.start("evaluate", f"sampling adapted models on {test.num_tasks} held-out tasks")
-            predictives[method] = sample_predictive(post, test, key=keys["predict"])
+            predictives[method] = sample_predictive(post, test, key=keys["predict"], devices=devices)
             if eff.evaluation.compare_maml and method != "maml":
-                predictives["maml"] = sample_predictive(maml_post, test, key=keys["predict_maml"])
+                predictives["maml"] = sample_predictive(maml_post, test, key=keys["predict_maml"], devices=devices)
             held = {name: _held_out_metrics(pred, test) for name, pred in predictives.items()}
             if data is not None:  # standardised targets: report the metrics in the target's original units
                 held = {m: data.scaler.metrics_to_original(v) for m, v in held.items()}
@@ -197,7 +213,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         if exact is not None:
             metrics["exact_posterior"] = exact
         diagnosis = _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, test_params,
-                               predictives, metrics)
+                               predictives, metrics, devices=devices)
         if data is not None:
             writer.write_json("standardization.json", data.scaler.to_dict())
             if test is not None:
@@ -213,11 +229,13 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
     except BaseException as e:
         writer.discard(keep_checkpoints=isinstance(e, KeyboardInterrupt))  # Ctrl-C: `hbmeta run --resume` continues
         raise
-    print(final_table(metrics, path, [f for f in writer.files]), file=sys.stdout if stream is None else stream)
+    if main:
+        print(final_table(metrics, path, [f for f in writer.files]), file=sys.stdout if stream is None else stream)
     return RunResult(path, metrics, cfg, post, maml.params)
 
 
-def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, test_params, predictives, metrics):
+def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, test_params, predictives, metrics, *,
+               devices=None):
     """Every file of the run but metrics.json, summary.txt and the marker; returns the diagnosis text."""
     keys = objects.keys
     writer.write_text("config.toml", cfg.to_toml())
@@ -228,10 +246,10 @@ def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, te
     writer.write_arrays("maml_losses.npz", losses=maml.losses)
     reference = _reference(test if test is not None else train)
     k1, k2 = jax.random.split(keys["arviz"])
-    idata = to_arviz(post, train, reference=reference, key=k1)
+    idata = to_arviz(post, train, reference=reference, key=k1, devices=devices)
     save_netcdf(idata, writer.path("posterior.nc"))
     if test is not None:
-        save_netcdf(to_arviz(post, test, predictive=predictives[objects.method], key=k2),
+        save_netcdf(to_arviz(post, test, predictive=predictives[objects.method], key=k2, devices=devices),
                     writer.path("heldout.nc"))
     if post.num_chains * post.num_draws >= 2:
         diagnosis = diagnose(idata, warn=False)
@@ -249,6 +267,13 @@ def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, te
         metrics["diagnostics"] = {"divergences": 0, "warnings": [], "max_rhat": None, "min_ess_bulk": None}
     write_pictures(writer, eff, objects, post, idata, predictives, test, test_params, maml_post=maml_post)
     return text
+
+
+def run_devices(count: int):
+    """``devices=`` for the library from ``run.devices``: 1 → None (one device), 0 → every device, n → n."""
+    if count == 1:
+        return None
+    return jax.device_count() if count == 0 else count
 
 
 def _held_out_metrics(predictive, tasks) -> dict:

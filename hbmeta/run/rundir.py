@@ -5,7 +5,8 @@ itself written atomically with :func:`hbmeta.base.files.atomic_write`), writes t
 marker ``run.json`` last, and only then renames the directory to its final
 name. So an interrupted run never leaves a directory that looks complete:
 either the final directory exists with its marker, or there is only a hidden
-``.partial`` directory (removed on a Python exception; left behind by a hard
+``.partial`` directory (removed on a Python exception, kept with its checkpoints
+on Ctrl-C so that ``hbmeta run --resume`` continues it; left behind by a hard
 kill, and never read by ``hbmeta predict`` or ``hbmeta diagnose``, which
 require the marker).
 

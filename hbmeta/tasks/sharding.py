@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hbmeta.tasks.batch import TaskBatch
@@ -83,7 +84,7 @@ def resolve_mesh(devices, *, axis_name: str = "tasks"):
         if axis_name not in devices.axis_names:
             raise ValueError(f"devices is a Mesh with axes {devices.axis_names}; expected one named {axis_name!r}")
         return devices
-    if isinstance(devices, bool) or not (isinstance(devices, int) or hasattr(devices, "__len__")):
+    if isinstance(devices, (bool, str)) or not (isinstance(devices, int) or hasattr(devices, "__len__")):
         raise ValueError(f"devices={devices!r}; expected None, a device count, a list of devices or a jax Mesh")
     if isinstance(devices, int):
         available = jax.device_count()
@@ -185,3 +186,10 @@ def shard_inputs(fn, mesh):
         return fn(constrain_tasks(tasks, mesh), *args, **kwargs)
 
     return wrapped
+
+
+def to_host(tree):
+    """``tree``'s arrays as numpy arrays, also when they span devices of other processes (a distributed run)."""
+    if all(getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(tree)):
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)  # every process takes part, each gets the whole
