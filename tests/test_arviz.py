@@ -112,6 +112,8 @@ def test_netcdf_round_trip_preserves_values_and_dims(nuts, tmp_path):
         hb.load_netcdf(tmp_path / "missing.nc")
 
 
+# ArviZ warns from k > 0.6 at this draw count; the test's own bound on k (0.7, the PSIS reliability limit) is below
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto:UserWarning")
 def test_loo_is_leave_one_task_out(nuts):
     idata = hb.to_arviz(nuts, TASKS, key=2)
     res = hb.loo(idata)

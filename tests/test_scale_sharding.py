@@ -26,6 +26,9 @@ sys.path.insert(0, HERE)
 import _scale_checks  # noqa: E402
 
 RTOL = 1e-5  # float32, relative
+# The Laplace mode comes out of a few hundred optimiser steps, which amplify the last-bit differences of a
+# differently ordered sum; 1e-3 relative still tells a wrong split (a missing or doubled task moves θ by ~1e-1).
+RTOL_OPTIMISED = {"laplace_theta": 1e-3}
 EQUAL = ["maml_losses", "maml_params", "log_density", "log_density_grad", "closed_log_density_grad", "nuts_theta",
          "svi_losses", "svi_theta", "svgd_theta", "laplace_theta", "predictive_mean", "predictive_y",
          "log_likelihood", "task_map_losses", "task_map_meta_grad"]
@@ -34,18 +37,26 @@ EQUAL = ["maml_losses", "maml_params", "log_density", "log_density_grad", "close
 @pytest.fixture(scope="module")
 def results():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4"], capture_output=True,
-                          text=True, env=env, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return {2: _scale_checks.checks(2), 4: json.loads(lines[-1][len("RESULT "):])}
+    # the 4-device process runs while this one does the 2-device checks (each compile-bound on one core)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        two = _scale_checks.checks(2)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, err[-3000:]
+    return {2: two, 4: json.loads(lines[-1][len("RESULT "):])}
 
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_sharded_paths_equal_unsharded(results, n):
     r = results[n]
     assert r["num_devices"] == n
-    bad = {k: r[k] for k in EQUAL if not r[k] <= RTOL}
+    bad = {k: r[k] for k in EQUAL if not r[k] <= RTOL_OPTIMISED.get(k, RTOL)}
     assert not bad, bad
     # the compiled potential really is split: it sums the tasks' terms across devices (and without devices= not)
     assert r["closed_all_reduces"] > 0 and r["unsharded_all_reduces"] == 0
