@@ -61,7 +61,8 @@ def one_split(name, seed, *, toy, workdir, pictures=None):
     overrides = [f"data.split_seed={seed}", "run.progress=false"] + (["run.toy=true"] if toy else [])
     cfg = load_config(name, overrides)
     t0 = time.perf_counter()
-    res = run_pipeline(cfg, out=os.path.join(workdir, f"{name}-{seed}"), stream=open(os.devnull, "w"))
+    with open(os.devnull, "w") as quiet:
+        res = run_pipeline(cfg, out=os.path.join(workdir, f"{name}-{seed}"), stream=quiet)
     t_hbmeta = time.perf_counter() - t0
     data = load_table_data(cfg.effective())  # the same groups, rows and standardisation as the run
     test, scale = data.test.tasks, data.scaler

@@ -13,7 +13,7 @@ _FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pas
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_XLA}".strip()
 
-import jax
+import jax  # noqa: E402 (after XLA_FLAGS: JAX reads them when it starts)
 
 jax.config.update("jax_num_cpu_devices", 2)
 
