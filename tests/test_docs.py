@@ -57,9 +57,8 @@ def _blocks(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def doc_runs(tmp_path_factory):
     """Two processes (two cores) share the documents, the longest examples first, balanced by length."""
-    env = dict(os.environ, CI="1", MPLBACKEND="Agg",
-               # the examples compile far more than they compute: quicker, less optimised XLA code
-               XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+    # XLA_FLAGS (quicker, less optimised code) come from tests/conftest.py through os.environ
+    env = dict(os.environ, CI="1", MPLBACKEND="Agg")
     docs = sorted((p for p in DOCS if _blocks(p)), key=lambda p: -sum(len(b) for b in _blocks(p)))
     groups, sizes = [[], []], [0, 0]
     for path in docs:
