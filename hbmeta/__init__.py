@@ -30,6 +30,7 @@ _EXPORTS = {
     "FixedTasks": "hbmeta.tasks.families",
     "GaussianBlobs": "hbmeta.tasks.families",
     "GaussianPosterior": "hbmeta.model.exact",
+    "GeneratedTasks": "hbmeta.tasks.generated",
     "GradientSteps": "hbmeta.adaptation.steps",
     "ImageEpisodes": "hbmeta.tasks.images",
     "LinearGaussian": "hbmeta.tasks.families",

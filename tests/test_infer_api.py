@@ -69,6 +69,19 @@ def test_svi_guide_starts_at_init():
     np.testing.assert_allclose(post.flat("theta").std(0), 0.2, rtol=0.05)
 
 
+def test_svi_counts_its_skipped_steps_and_explains_a_divergence():
+    spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.1), {"w": jnp.zeros(D)},
+                        likelihood=hb.NormalLikelihood(noise=SIGMA))
+    # far too large a learning rate: the ELBO overflows at some steps, which are skipped (the state stays)
+    post = hb.run_svi(spec, TASKS, key=1, num_steps=50, num_draws=5, optimizer=optax.adam(10.0), progress=False)
+    losses = post.info["losses"]
+    assert post.info["skipped_steps"] == int((~np.isfinite(losses)).sum()) > 0 and np.isfinite(losses[0])
+    assert np.isfinite(post.samples["theta"]).all()
+    # larger still: the guide's scale itself overflows; one plain message, not NumPyro's argument check
+    with pytest.raises(hb.NonFiniteError, match=r"SVI diverged: .* steps were skipped .* Lower the optimiser's"):
+        hb.run_svi(spec, TASKS, key=1, num_steps=50, num_draws=5, optimizer=optax.adam(1e3), progress=False)
+
+
 def test_laplace_starts_at_init_and_reports_an_indefinite_hessian():
     # f(x) = w2 · tanh(w1 · x) with y = x: θ = 0 is a saddle point of the posterior. With a zero learning
     # rate the "MAP" stays at the init, where the Hessian is indefinite: a clear LinAlgError (a ValueError).

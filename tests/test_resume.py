@@ -1,5 +1,6 @@
-"""Checkpoint and resume: a run SIGKILLed in the middle of MAML training, resumed, ends bit for bit where an
-uninterrupted run with the same seed ends; a killed run never looks complete."""
+"""Checkpoint and resume: a run SIGKILLed in the middle of MAML training, resumed, SIGKILLed again in the middle of
+SVI and resumed again, ends bit for bit where an uninterrupted run with the same seed ends; a killed run never
+looks complete. SVGD and Laplace's MAP search resume through the same loop (checked in-process)."""
 
 import json
 import os
@@ -9,19 +10,20 @@ import sys
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hbmeta import GradientSteps, Sinusoid, mlp, train_maml
+from hbmeta import GradientSteps, LinearGaussian, ModelSpec, NormalLikelihood, Sinusoid, infer, linear, mlp, train_maml
 from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import BadFileError
 from hbmeta.run.rundir import find_partial
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "hbmeta")
 HBMETA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "hbmeta.cli.main"]
-# MAML long enough (10 chunks of 2000 meta-iterations, a checkpoint after each) to be killed in the middle
-RUN = ["run", "linear", "--method", "maml", "maml.num_iterations=20000", "run.checkpoint_every=2000",
-       "tasks.num_test=20", "maml.meta_batch_size=40"]
+# MAML and SVI long enough (10 chunks of 2000 iterations, a checkpoint after each) to be killed in the middle
+RUN = ["run", "linear", "--method", "svi", "maml.num_iterations=20000", "inference.svi.num_steps=20000",
+       "inference.svi.num_draws=50", "run.checkpoint_every=2000", "tasks.num_test=20", "maml.meta_batch_size=40"]
 
 
 def _start(argv, cwd, cache, kill_at=None):
@@ -56,20 +58,35 @@ def _start(argv, cwd, cache, kill_at=None):
     return wait
 
 
-def test_a_run_killed_in_maml_training_resumes_to_the_same_result(tmp_path):
+def _checkpoint_done(partial, stage):
+    path = os.path.join(partial, "checkpoints", f"{stage}.npz")
+    assert os.path.isfile(path), os.listdir(partial)
+    with np.load(path) as ck:
+        done = int(ck["__done__"])
+    assert 2000 <= done <= 10000 and done % 2000 == 0  # at most one interval lost
+    return done
+
+
+def test_a_run_killed_in_maml_training_and_in_svi_resumes_to_the_same_result(tmp_path):
     full = _start(RUN + ["--out", "full"], tmp_path, tmp_path / "cache-full")
     killed = _start(RUN + ["--out", "killed"], tmp_path, tmp_path / "cache-killed", kill_at="meta-training: 10000/20000")
     rc, _, err = killed()
     assert rc == -signal.SIGKILL, err
     assert not (tmp_path / "killed").exists()  # never looks complete: no final directory, no run.json
     final, partial = find_partial(tmp_path / "killed")
-    assert final == str(tmp_path / "killed") and os.path.isfile(os.path.join(partial, "checkpoints", "maml.npz"))
-    with np.load(os.path.join(partial, "checkpoints", "maml.npz")) as ck:
-        done = int(ck["__done__"])
-    assert 2000 <= done <= 10000 and done % 2000 == 0  # at most one interval lost
-    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume")()
-    assert rc == 0, err
+    assert final == str(tmp_path / "killed")
+    done = _checkpoint_done(partial, "maml")
+    # resumed, then killed again half-way through SVI
+    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume", kill_at="SVI: 10000/20000")()
+    assert rc == -signal.SIGKILL, err
     assert f"meta-training: {done}/20000" in err and "resumed" in err  # it continued; it did not start again
+    assert not (tmp_path / "killed").exists()
+    _, partial = find_partial(tmp_path / "killed")  # the resumed run's own partial directory
+    done = _checkpoint_done(partial, "svi")
+    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume-2")()
+    assert rc == 0, err
+    assert "meta-training: 20000/20000 (100%)" in err and f"SVI: {done}/20000" in err
+    assert err.count("resumed") == 2  # MAML from its final checkpoint, SVI from its last one
     rc, _, err = full()
     assert rc == 0, err
     a, b = tmp_path / "full", tmp_path / "killed"
@@ -101,6 +118,24 @@ def test_train_maml_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_p
     other = mlp((1, 4, 1)).init(jax.random.key(0))
     with pytest.raises(BadFileError, match="maml.npz: state array .* expected"):
         train_maml(other, Sinusoid(), **kw, checkpoint=Checkpointer(path))
+
+
+@pytest.mark.parametrize("method", ["svi", "svgd", "laplace"])
+def test_a_posterior_fit_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_path, method):
+    spec = ModelSpec(GradientSteps(linear().apply, step_size=0.1), {"w": jnp.zeros(2)},
+                     likelihood=NormalLikelihood(noise=0.5))
+    tasks = LinearGaussian(dim=2).sample(jax.random.key(0), 10)
+    size = {"svi": {"num_draws": 5}, "svgd": {"num_particles": 4}, "laplace": {"num_draws": 5}}[method]
+    kw = dict(method=method, key=jax.random.key(1), chunk_size=10, progress=False, **size)
+    whole = infer(spec, tasks, num_steps=40, **kw)
+    path = tmp_path / f"{method}.npz"
+    infer(spec, tasks, num_steps=20, checkpoint=Checkpointer(path), **kw)  # stopped at 20: its last checkpoint
+    resumed = infer(spec, tasks, num_steps=40, checkpoint=Checkpointer(path), **kw)  # 20 done: 20 more
+    np.testing.assert_array_equal(resumed.info["losses"], whole.info["losses"])
+    for name in whole.samples:
+        np.testing.assert_array_equal(resumed.samples[name], whole.samples[name], err_msg=name)
+    with np.load(path) as ck:
+        assert int(ck["__done__"]) == 40
 
 
 def test_resume_refuses_a_complete_run_and_nothing(tmp_path):

@@ -49,13 +49,16 @@ from hbmeta.model.posterior import Posterior
 from hbmeta.tasks.sharding import check_divisible, resolve_mesh, shard_inputs
 
 
-def minimize(fun, x0, *, optimizer, num_steps: int, chunk_size: int = 500, progress: bool = False, label="MAP"):
+def minimize(fun, x0, *, optimizer, num_steps: int, chunk_size: int = 500, progress: bool = False, label="MAP",
+             checkpoint=None):
     """Minimise ``fun`` from ``x0`` with an optax optimiser; NaN-safe. Returns ``(x, losses)``.
 
     The optimiser is called with ``value``, ``grad`` and ``value_fn`` extra
     arguments, so line-search methods (``optax.lbfgs``) work as well as
     first-order ones. A step that gives a non-finite value or point is
-    rejected (the point stays where it was).
+    rejected (the point stays where it was). With ``checkpoint`` (a
+    :class:`~hbmeta.base.checkpoint.Checkpointer`) the search continues from
+    its file and saves the point and optimiser state between chunks.
     """
     opt = optax.with_extra_args_support(optimizer)
     value_and_grad = jax.value_and_grad(fun)
@@ -76,7 +79,7 @@ def minimize(fun, x0, *, optimizer, num_steps: int, chunk_size: int = 500, progr
 
     carry = (x0, opt.init(x0))
     carry, losses = run_in_chunks(run, carry, num_steps, chunk_size=chunk_size, label=label, progress=progress,
-                                  describe=lambda chunk: f"loss {float(chunk[-1]):.4f}")
+                                  describe=lambda chunk: f"loss {float(chunk[-1]):.4f}", checkpoint=checkpoint)
     return carry[0], losses
 
 
@@ -139,6 +142,8 @@ def run_laplace(
     init=None,
     curvature: str = "hessian",
     devices=None,
+    chunk_size: int = 500,
+    checkpoint=None,
     progress: bool = True,
 ) -> Posterior:
     """Laplace approximation around the MAP: ``N(u*, H⁻¹)`` in unconstrained space.
@@ -159,6 +164,10 @@ def run_laplace(
             definite by construction; :mod:`hbmeta.inference.ggn`).
         devices: split the tasks of the potential over these devices (an
             int, a list of devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`).
+        chunk_size: MAP-search steps per compiled chunk (progress and
+            checkpoints come between chunks).
+        checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer` for the
+            MAP search: continue from its file if there is one, save as it asks.
         progress: show progress of the MAP search.
 
     Returns:
@@ -206,7 +215,8 @@ def run_laplace(
         return potential(unravel(u))
 
     opt, opt_name = default_optimizer("laplace") if optimizer is None else (optimizer, optimizer)
-    u_map, losses = minimize(fun, u0, optimizer=opt, num_steps=num_steps, progress=progress)
+    u_map, losses = minimize(fun, u0, optimizer=opt, num_steps=num_steps, progress=progress,
+                             chunk_size=check_int("chunk_size", chunk_size), checkpoint=checkpoint)
     grad_norm = float(jnp.linalg.norm(jax.jit(jax.grad(fun))(u_map)))
     transforms = latent_transforms(model, tasks)
 

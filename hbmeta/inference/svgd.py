@@ -69,6 +69,7 @@ def run_svgd(
     init_radius: float = 0.1,
     chunk_size: int = 500,
     devices=None,
+    checkpoint=None,
     progress: bool = True,
 ) -> Posterior:
     """SVGD particles approximating the posterior over θ (and σ, α when inferred).
@@ -88,7 +89,10 @@ def run_svgd(
         chunk_size: steps per compiled chunk; progress is shown between chunks.
         devices: split the tasks over these devices (an int, a list of
             devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`).
-        progress: show NumPyro's progress bar.
+        checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: continue
+            from its file if there is one, save the particles and optimiser
+            state as it asks (a resumed run equals an uninterrupted one bit for bit on CPU).
+        progress: show progress between chunks.
 
     Returns:
         :class:`~hbmeta.Posterior` with ``samples["theta"]`` of shape
@@ -134,7 +138,8 @@ def run_svgd(
         return jax.lax.scan(lambda s, _: svgd.update(s, tasks), state, None, length=n)
 
     state, losses = run_in_chunks(run, state, num_steps, chunk_size=chunk_size, label="SVGD", progress=progress,
-                                  describe=lambda chunk: f"Stein force {float(chunk[-1]):.3g}")
+                                  describe=lambda chunk: f"Stein force {float(chunk[-1]):.3g}",
+                                  checkpoint=checkpoint)
     suffix = "_auto_loc"
     draws = {k[: -len(suffix)]: v[None] for k, v in svgd.get_params(state).items() if k.endswith(suffix)}
     jax.block_until_ready(draws)

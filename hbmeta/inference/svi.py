@@ -19,12 +19,16 @@ by ``T/B``.
 from __future__ import annotations
 
 import time
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import SVI, Trace_ELBO, init_to_uniform, init_to_value
 from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 
+from hbmeta.adaptation.stability import NonFiniteError
+from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_positive
 from hbmeta.inference.common import (
     as_key,
@@ -38,6 +42,7 @@ from hbmeta.inference.common import (
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
+from hbmeta.tasks.generated import GeneratedTasks
 from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh, shard_inputs
 
 GUIDES = {
@@ -46,6 +51,48 @@ GUIDES = {
     "full_rank": AutoMultivariateNormal,
     "map": AutoDelta,
 }
+
+
+class SVIRunResult(NamedTuple):
+    """The fitted guide's ``params``, the final ``state`` (NumPyro's ``SVIState``) and the ``losses``."""
+
+    params: dict
+    state: Any
+    losses: np.ndarray
+
+
+def fit_svi(svi, key, tasks, *, num_steps: int, subsample_size=None, chunk_size=None, checkpoint=None,
+            progress: bool = True, label: str = "SVI"):
+    """``(state, losses)``: ``num_steps`` NaN-safe steps of NumPyro's ``svi.stable_update`` from ``svi.init``.
+
+    The steps run in compiled chunks of ``chunk_size`` (a ``fori_loop`` whose
+    trip count is an argument, so one compilation serves every chunk); between
+    chunks the progress is shown and, with a ``checkpoint``, the state saved
+    (:func:`~hbmeta.base.progress.run_in_chunks`), so a killed fit resumes
+    where its last checkpoint left it and ends bit for bit where an
+    uninterrupted one ends.
+    """
+    chunk = max(50, -(-num_steps // 20)) if chunk_size is None else check_int("chunk_size", chunk_size)
+    chunk = min(chunk, num_steps)
+    kwargs = {} if subsample_size is None else {"subsample_size": subsample_size}
+
+    @jax.jit
+    def steps(state, tasks, n):
+        def body(i, carry):
+            state, losses = carry
+            state, loss = svi.stable_update(state, tasks, **kwargs)
+            return state, losses.at[i].set(loss)
+
+        return jax.lax.fori_loop(0, n, body, (state, jnp.full((chunk,), jnp.nan, jnp.float32)))
+
+    def run(state, n):
+        state, losses = steps(state, tasks, n)
+        return state, np.asarray(losses)[:n]
+
+    state = svi.init(key, tasks, **kwargs)
+    return run_in_chunks(run, state, num_steps, chunk_size=chunk, label=label, progress=progress,
+                         describe=lambda c: f"loss {float(np.nanmean(c)) if np.isfinite(c).any() else float('nan'):.4g}",
+                         checkpoint=checkpoint)
 
 
 def make_guide(model, guide: str, *, init_loc_fn, rank=None, init_scale=0.1):
@@ -72,13 +119,17 @@ def run_svi(
     num_particles: int = 1,
     init_scale: float = 0.1,
     devices=None,
+    chunk_size: int | None = None,
+    checkpoint=None,
     progress: bool = True,
 ) -> Posterior:
     """Fit a variational posterior over θ (and σ, α when inferred) and draw from it.
 
     Args:
         spec: the :class:`~hbmeta.ModelSpec`.
-        tasks: the training :class:`~hbmeta.TaskBatch`.
+        tasks: the training :class:`~hbmeta.TaskBatch`, or a
+            :class:`~hbmeta.GeneratedTasks` (with ``subsample_size``: each step
+            generates the tasks it scores, so memory does not grow with T).
         key: PRNG key (or int seed).
         guide: ``"mean_field"``, ``"low_rank"``, ``"full_rank"`` or ``"map"``.
         rank: the low-rank guide's rank (default NumPyro's, ≈ √P); only
@@ -95,12 +146,19 @@ def run_svi(
         devices: split the tasks over these devices (an int, a list of
             devices or a Mesh; :func:`hbmeta.tasks.sharding.resolve_mesh`): each
             ELBO step computes every device's share of the tasks there.
-        progress: show NumPyro's progress bar.
+        chunk_size: optimisation steps per compiled call (progress and
+            checkpoints come between calls; default ``num_steps / 20``, at least 50).
+        checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: continue
+            from its file if there is one, save the optimiser state as it asks;
+            a resumed fit equals an uninterrupted one bit for bit on CPU.
+        progress: show progress (a line about every tenth of the steps).
 
     Returns:
         :class:`~hbmeta.Posterior` with ``samples["theta"]`` of shape
         ``(1, num_draws, P)``; ``info["losses"]`` is the ``(num_steps,)``
-        negative-ELBO history and ``info["params"]`` the fitted guide's params.
+        negative-ELBO history, ``info["params"]`` the fitted guide's params and
+        ``info["skipped_steps"]`` the number of steps skipped because their
+        loss or gradient was not finite (their loss is the non-finite value).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -124,7 +182,11 @@ def run_svi(
         rank = check_int("rank", rank)
     check_positive("init_scale", init_scale)
     optimizer = check_optimizer(optimizer)
-    check_tasks(spec, tasks, subsample_size=subsample_size)
+    check_tasks(spec, tasks, subsample_size=subsample_size, generated=True)
+    generated = isinstance(tasks, GeneratedTasks)
+    if generated and devices not in (None, 1):
+        raise ValueError(f"devices={devices!r} with GeneratedTasks; expected devices=None (generated tasks "
+                         "are made where the step runs; materialise them to split them over devices)")
     if subsample_size is not None and spec.explicit_tau is not None and guide in ("low_rank", "full_rank"):
         raise ValueError(
             f"subsample_size={subsample_size} with guide={guide!r} in the explicit variant; expected "
@@ -133,7 +195,8 @@ def run_svi(
     values = init_values(spec, init, tasks.num_tasks)
     mesh = resolve_mesh(devices)
     check_divisible("the number of tasks", tasks.num_tasks, mesh)
-    tasks = place_tasks(tasks, mesh)
+    if not generated:
+        tasks = place_tasks(tasks, mesh)
 
     model = shard_inputs(build_model(spec), mesh)
     strategy = init_to_uniform if values is None else init_to_value(values=values)
@@ -145,11 +208,18 @@ def run_svi(
     svi = SVI(model, auto, optimizer, loss=Trace_ELBO(num_particles=num_particles))
     k_fit, k_draw = jax.random.split(key)
     start = time.perf_counter()
-    result = svi.run(
-        k_fit, num_steps, tasks, subsample_size=subsample_size, progress_bar=progress, stable_update=True
-    )
+    state, losses = fit_svi(svi, k_fit, tasks, num_steps=num_steps, subsample_size=subsample_size,
+                            chunk_size=chunk_size, checkpoint=checkpoint, progress=progress)
+    result = SVIRunResult(svi.get_params(state), state, losses)
     n = 1 if guide == "map" else num_draws
-    draws = auto.sample_posterior(k_draw, result.params, tasks, sample_shape=(n,))
+    skipped = int((~np.isfinite(result.losses)).sum())
+    try:
+        draws = auto.sample_posterior(k_draw, result.params, tasks, subsample_size=subsample_size, sample_shape=(n,))
+    except ValueError as err:  # NumPyro's argument check: a scale that under- or overflowed
+        raise NonFiniteError(
+            f"SVI diverged: the fitted guide is not a distribution ({err}); {skipped} of {num_steps} steps were "
+            "skipped as not finite. Lower the optimiser's learning rate (inference.svi.learning_rate)"
+        ) from err
     draws = jax.tree.map(lambda a: a[None], draws)
     jax.block_until_ready(draws)
     wall = time.perf_counter() - start
@@ -167,6 +237,7 @@ def run_svi(
     )
     info = {
         "losses": np.asarray(result.losses),
+        "skipped_steps": skipped,
         "params": {k: np.asarray(v) for k, v in result.params.items()},
         "wall_time": wall,
     }

@@ -42,6 +42,7 @@ from hbmeta.base.validate import check_type
 from hbmeta.model.spec import ModelSpec
 from hbmeta.model.task_linearised import query_gaussian_one
 from hbmeta.tasks.batch import TaskBatch
+from hbmeta.tasks.generated import GeneratedTasks
 
 
 def _concrete(a):
@@ -52,18 +53,34 @@ def _concrete(a):
         return None
 
 
-def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None) -> None:
+def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None, generated: bool = False) -> None:
     """Check that ``tasks`` fit ``spec`` (targets vs likelihood, shapes); raise ``ValueError`` if not.
 
     Shapes and dtypes are checked always (they are static even under ``jit``);
     the class-label range only when the labels are concrete arrays.
+    A :class:`~hbmeta.GeneratedTasks` is accepted only with ``generated=True``
+    and a ``subsample_size`` (its tasks exist only when a step takes them).
     """
     check_type("spec", spec, ModelSpec)
-    check_type("tasks", tasks, TaskBatch, hint=" (see hbmeta.make_tasks)")
+    if isinstance(tasks, GeneratedTasks):
+        if not generated:
+            raise ValueError(
+                "tasks is a GeneratedTasks; expected a TaskBatch here (run_svi with subsample_size and "
+                "train_maml take generated tasks; tasks.materialise() gives a TaskBatch)"
+            )
+        if subsample_size is None:
+            raise ValueError(
+                "tasks is a GeneratedTasks with subsample_size=None; expected a subsample_size (each step "
+                "generates only the tasks it scores)"
+            )
+    else:
+        check_type("tasks", tasks, TaskBatch, hint=" (see hbmeta.make_tasks)")
     num_tasks = tasks.num_tasks
     if subsample_size is not None:
         if int(subsample_size) != subsample_size or not 1 <= subsample_size <= num_tasks:
             raise ValueError(f"subsample_size={subsample_size!r}; expected an integer in [1, {num_tasks}] (the tasks)")
+    if isinstance(tasks, GeneratedTasks):
+        tasks = tasks.take(jnp.zeros(1, jnp.int32))  # one task: its shapes and dtypes are those of every task
     regression = spec.likelihood.regression
     sides = [("query", tasks.x_query, tasks.y_query)]
     if spec.explicit_tau is not None:
@@ -166,7 +183,7 @@ def build_model(spec: ModelSpec):
         return jax.vmap(rule.apply)(jax.vmap(spec.unravel)(flat_phi), x)
 
     def model(tasks, *, subsample_size=None):
-        check_tasks(spec, tasks, subsample_size=subsample_size)
+        check_tasks(spec, tasks, subsample_size=subsample_size, generated=True)
         theta = numpyro.sample("theta", dist.Normal(loc, scale).to_event(1))
         alpha = None
         if ssp is not None:

@@ -189,8 +189,9 @@ class RunSection:
     seed: int = opt(0, "int", "PRNG seed: a seed reproduces the run", lo=0)
     toy: bool = opt(False, "bool", "cap every size to a toy value (a run in seconds; for tests)")
     progress: bool = opt(True, "bool", "print progress of long stages on standard error")
-    checkpoint_every: int = opt(1000, "int", "meta-iterations between checkpoints of MAML training (in the run's "
-                                             "partial directory; a resumed run continues from them); 0: none",
+    checkpoint_every: int = opt(1000, "int", "iterations between checkpoints of MAML training, SVI, SVGD and "
+                                             "Laplace's MAP search (in the run's partial directory; a resumed run "
+                                             "continues from them); 0: none",
                                 lo=0)
     devices: int = opt(1, "int", "devices to split the tasks over (MAML, the posterior, the predictive): 1 = one "
                                  "(NUTS chains may still take one device each), 0 = all, n = the first n", lo=0)

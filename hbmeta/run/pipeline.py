@@ -97,8 +97,8 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             standard error, the table to standard output).
         resume: the partial directory of an interrupted run of ``cfg`` (:func:`~hbmeta.run.rundir.find_partial`;
             ``out`` is then its final path): its checkpoints are continued, and the result is the one an
-            uninterrupted run gives, bit for bit on CPU. MAML training saves a checkpoint every
-            ``run.checkpoint_every`` meta-iterations.
+            uninterrupted run gives, bit for bit on CPU. MAML training and SVI save a checkpoint
+            every ``run.checkpoint_every`` iterations (steps).
 
     Example:
         >>> import tempfile, os
@@ -176,16 +176,27 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                 init = lambda k: _build.initial_params(eff, objects.network, k, input_dim=input_dim)
                 settings["meta_batch_size"] = min(settings["meta_batch_size"], ensemble_train_size(
                     train.num_tasks, settings["num_members"], settings["holdout"]))
+            if method in ("svi", "svgd", "laplace") and eff.run.checkpoint_every:  # the optimiser state, like MAML's
+                settings["chunk_size"] = min(1000 if method == "svi" else 500, eff.run.checkpoint_every)
+                settings["checkpoint"] = Checkpointer(writer.checkpoint_path(method),
+                                                      every_steps=eff.run.checkpoint_every)
             post = infer(spec, train, method=method, key=keys["infer"], init=init,
                          progress=eff.run.progress and main, devices=devices, **settings)
             if "chain_method_reason" in post.info and stages.enabled:
                 print(f"hbmeta: note: {post.info['chain_method_reason']}", file=stages.stream, flush=True)
+            skipped = int(post.info.get("skipped_steps", 0))
+            if skipped and stages.enabled:
+                print(f"hbmeta: note: SVI skipped {skipped} of {len(post.info['losses'])} steps whose loss or "
+                      "gradient was not finite (many: lower inference.svi.learning_rate)", file=stages.stream,
+                      flush=True)
 
         metrics = {
             "model": cfg.model.name, "method": method, "seed": eff.run.seed, "toy": eff.run.toy,
             "num_parameters": spec.num_params, "num_train_tasks": train.num_tasks,
             "maml_final_loss": float(np.mean(maml.losses[-max(1, len(maml.losses) // 20):])),
         }
+        if "skipped_steps" in post.info:
+            metrics["skipped_steps"] = int(post.info["skipped_steps"])
         predictives = {}
         if evaluate_held_out:
             stages.start("evaluate", f"sampling adapted models on {test.num_tasks} held-out tasks")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from hbmeta.base.validate import check_int, check_positive
 from hbmeta.tasks.batch import TaskBatch
+from hbmeta.tasks.generated import GeneratedTasks, generated_tasks
 
 
 def _check_range(name, value):
@@ -115,6 +116,13 @@ class _Family:
             key, num_tasks, num_support=num_support, num_query=num_query, return_params=True
         )
         return FixedTasks(tasks=tasks, task_params=params, family=self)
+
+    def generated(self, key, num_tasks: int, *, num_support=None, num_query=None) -> GeneratedTasks:
+        """A finite set of ``num_tasks`` tasks that is never stored: task ``j`` is generated when taken.
+
+        See :class:`~hbmeta.GeneratedTasks` (memory and cost per step independent of ``num_tasks``).
+        """
+        return generated_tasks(self, key, num_tasks, num_support=num_support, num_query=num_query)
 
     def with_points(self, *, num_support=None, num_query=None):
         """A copy with other support and query sizes."""
@@ -315,6 +323,13 @@ class GaussianBlobs(_Family):
     @property
     def num_query(self):
         return self.num_classes * self.query_shots
+
+    def generated(self, key, num_tasks: int, *, num_support=None, num_query=None) -> GeneratedTasks:
+        """A finite set of ``num_tasks`` tasks that is never stored: task ``j`` is generated when taken.
+
+        See :class:`~hbmeta.GeneratedTasks` (memory and cost per step independent of ``num_tasks``).
+        """
+        return generated_tasks(self, key, num_tasks, num_support=num_support, num_query=num_query)
 
     def with_points(self, *, num_support=None, num_query=None):
         changes = {}
