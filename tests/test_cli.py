@@ -1,8 +1,10 @@
 """The command line end to end: every ready-made model at toy size, predict, diagnose, errors, interruption.
 
+(A run SIGKILLed while it trains or fits, and resumed: tests/test_resume.py.)
+
 The model runs start together when the module begins, in a few processes (toy runs are compile-bound
 and single-threaded, so they overlap well on two cores): `hbmeta run` with no argument as a real
-console-script process, a run killed with SIGKILL while it fits, and the other models through
+console-script process, and the other models through
 ``main([...])`` in sequence inside two Python processes (one import, shared compilation caches; the
 second run of a configuration is then compiled from JAX's on-disk cache). The other tests run in this
 process meanwhile and wait only for the runs they read.
@@ -91,11 +93,6 @@ class _Jobs:
         self.single = {
             # `hbmeta run` with no model: the built-in sinusoid, written under ./runs/
             "sinusoid": _Process(HBMETA + ["run", *q], base / "default", env),
-            # killed by SIGKILL as soon as it starts fitting the posterior
-            # its own compilation cache: SIGKILL may cut a cache entry short, which others must not read
-            "killed": _Process(HBMETA + ["run", "linear", "--toy", "--out", "killed"], base,
-                               dict(env, JAX_COMPILATION_CACHE_DIR=str(base / "jax-cache-killed")),
-                               kill_at="fitting the posterior"),
         }
         groups = [
             # linear, then the same run again from its config.toml, a fit on our own tasks, blobs
@@ -287,22 +284,6 @@ def test_diagnose_prints_the_summary_and_writes_pictures(jobs, tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.startswith("hbmeta diagnosis: method nuts, 2 chain(s) x 10 draw(s).") and "r_hat" in out
     assert sorted(os.listdir(tmp_path / "d")) == ["rank.png", "trace.png"]
-
-
-def test_a_killed_run_leaves_no_complete_looking_output(jobs, tmp_path, capsys):
-    base = jobs.base
-    rc, _, err = jobs.result("killed")
-    assert rc == -signal.SIGKILL or rc == 128 + signal.SIGKILL, (rc, err)
-    assert "fitting the posterior" in err and "hbmeta: linear with nuts" not in err
-    assert not (base / "killed").exists()
-    partial = [p for p in base.iterdir() if p.name.startswith(".killed.partial-")]
-    assert len(partial) == 1 and not (partial[0] / "run.json").exists()
-    support = tmp_path / "s.csv"
-    support.write_text("0,0,0,1\n")
-    for argv in (["predict", str(partial[0]), "--support", str(support)], ["diagnose", str(base / "killed")]):
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("hbmeta: error: ") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("error, status, message", [

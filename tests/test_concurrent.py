@@ -1,4 +1,4 @@
-"""Concurrent and repeated runs: distinct directories, one winner per --out, exact reproduction."""
+"""Concurrent runs: distinct directories, one winner per --out, no lock or partial directory left."""
 
 import json
 import os
@@ -55,12 +55,11 @@ def test_a_failed_run_gives_back_its_reserved_name(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_two_runs_with_the_same_out_one_wins_and_a_rerun_reproduces_it(tmp_path):
-    env = dict(os.environ, CI="1", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    argv = HBMETA + ["run", "linear", "--toy", "-q", "--out", "same"]
-    procs = [subprocess.Popen(argv, cwd=tmp_path, env=dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / f"c{i}")),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+def test_two_runs_with_the_same_out_one_wins(tmp_path):
+    # (that `hbmeta run RUN/config.toml` reproduces a run's metrics exactly is tests/test_cli.py's linear rerun)
+    argv = HBMETA + ["run", "linear", "--toy", "-q", "--method", "maml", "--out", "same"]
+    procs = [subprocess.Popen(argv, cwd=tmp_path, env=dict(os.environ, CI="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = sorted(rc for rc, _, _ in results)
     assert codes == [0, 2], results
@@ -69,11 +68,3 @@ def test_two_runs_with_the_same_out_one_wins_and_a_rerun_reproduces_it(tmp_path)
     assert "is being written by another hbmeta run" in loser_err or "already exists" in loser_err, loser_err
     assert sorted(os.listdir(tmp_path / "same")) and (tmp_path / "same" / "run.json").exists()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".same")]  # no partial directory, no lock
-    # hbmeta run RUN/config.toml reproduces every metric exactly (only the timings differ)
-    again = subprocess.run(HBMETA + ["run", "same/config.toml", "-q", "--out", "again"], cwd=tmp_path,
-                           env=dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "c2")), capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stderr
-    first, again = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("same", "again"))
-    first.pop("timings_s"), again.pop("timings_s")
-    assert again == first

@@ -1,14 +1,11 @@
 """Image episodes: an Omniglot-layout folder of PNG files made here, rotations, the digits, errors."""
 
-import doctest
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-import hbmeta.tasks.digits as digits_module
-import hbmeta.tasks.images as images_module
 from hbmeta.tasks.digits import TEST_DIGITS, TRAIN_DIGITS, digits_episodes, load_digits_array
 from hbmeta.tasks.images import ImageEpisodes, omniglot_episodes
 
@@ -56,10 +53,6 @@ def _catalogue(char_ids):
                 out[np.rot90(img, r).astype(np.float32).tobytes()] = (c, k, r)
     return out
 
-
-def test_docstring_examples():
-    assert doctest.testmod(images_module).failed == 0
-    assert doctest.testmod(digits_module).failed == 0
 
 
 def test_omniglot_layout_is_read_with_the_standard_split(omniglot):

@@ -17,6 +17,7 @@ import pytest
 from hbmeta import GradientSteps, LinearGaussian, ModelSpec, NormalLikelihood, Sinusoid, infer, linear, mlp, train_maml
 from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import BadFileError
+from hbmeta.cli.main import main
 from hbmeta.run.rundir import find_partial
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "hbmeta")
@@ -67,15 +68,22 @@ def _checkpoint_done(partial, stage):
     return done
 
 
-def test_a_run_killed_in_maml_training_and_in_svi_resumes_to_the_same_result(tmp_path):
+def test_a_run_killed_in_maml_training_and_in_svi_resumes_to_the_same_result(tmp_path, capsys):
     full = _start(RUN + ["--out", "full"], tmp_path, tmp_path / "cache-full")
     killed = _start(RUN + ["--out", "killed"], tmp_path, tmp_path / "cache-killed", kill_at="meta-training: 10000/20000")
     rc, _, err = killed()
     assert rc == -signal.SIGKILL, err
     assert not (tmp_path / "killed").exists()  # never looks complete: no final directory, no run.json
     final, partial = find_partial(tmp_path / "killed")
-    assert final == str(tmp_path / "killed")
+    assert final == str(tmp_path / "killed") and not os.path.exists(os.path.join(partial, "run.json"))
     done = _checkpoint_done(partial, "maml")
+    # a partial run is not a run: predict and diagnose refuse it in one line
+    support = tmp_path / "s.csv"
+    support.write_text("0,0,0,1\n")
+    for argv in (["predict", partial, "--support", str(support)], ["diagnose", str(tmp_path / "killed")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hbmeta: error: ") and err.count("\n") == 1, err
     # resumed, then killed again half-way through SVI
     rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume", kill_at="SVI: 10000/20000")()
     assert rc == -signal.SIGKILL, err

@@ -2,7 +2,9 @@
 
 The 2-device checks run in this process (tests/conftest.py gives it two CPU
 devices); the 4-device ones in a fresh process started with four, since the
-device count is fixed when JAX starts. The paths: MAML's meta-training, the
+device count is fixed when JAX starts. On 4 devices the samplers (NUTS, SVI,
+SVGD, Laplace: compile-heavy, and their sharded part is the log density and
+its gradient, checked there) are left out to keep the suite's time down. The paths: MAML's meta-training, the
 model's log density and gradient (what NUTS, HMC and SVI differentiate), NUTS,
 SVI, SVGD, Laplace, the predictive and the per-task log-likelihood (on a task
 count that is not a multiple of the devices), and hbmeta's ``task_map``
@@ -32,14 +34,15 @@ RTOL_OPTIMISED = {"laplace_theta": 1e-3}
 EQUAL = ["maml_losses", "maml_params", "log_density", "log_density_grad", "closed_log_density_grad", "nuts_theta",
          "svi_losses", "svi_theta", "svgd_theta", "laplace_theta", "predictive_mean", "predictive_y",
          "log_likelihood", "task_map_losses", "task_map_meta_grad"]
+SAMPLERS = {"nuts", "svi", "svgd", "laplace"}  # checked on 2 devices only
 
 
 @pytest.fixture(scope="module")
 def results():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), JAX_PLATFORMS="cpu")
     # the 4-device process runs while this one does the 2-device checks (each compile-bound on one core)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4", "--no-samplers"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         two = _scale_checks.checks(2)
         out, err = proc.communicate(timeout=900)
@@ -56,11 +59,13 @@ def results():
 def test_sharded_paths_equal_unsharded(results, n):
     r = results[n]
     assert r["num_devices"] == n
-    bad = {k: r[k] for k in EQUAL if not r[k] <= RTOL_OPTIMISED.get(k, RTOL)}
+    keys = EQUAL if n == 2 else [k for k in EQUAL if k.split("_")[0] not in SAMPLERS]
+    bad = {k: r[k] for k in keys if not r[k] <= RTOL_OPTIMISED.get(k, RTOL)}
     assert not bad, bad
     # the compiled potential really is split: it sums the tasks' terms across devices (and without devices= not)
     assert r["closed_all_reduces"] > 0 and r["unsharded_all_reduces"] == 0
-    assert r["nuts_chain_method"].startswith(f"vectorized | 2 chains vectorised; the tasks are split over {n}")
+    if n == 2:
+        assert r["nuts_chain_method"].startswith(f"vectorized | 2 chains vectorised; the tasks are split over {n}")
 
 
 @pytest.mark.parametrize("n", [2, 4])

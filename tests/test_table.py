@@ -1,6 +1,5 @@
 """Tasks from long-format tables: splits, padding and masks, standardisation, one-hot encoding, errors."""
 
-import doctest
 import json
 
 import numpy as np
@@ -8,8 +7,6 @@ import pandas as pd
 import pytest
 
 import hbmeta as hb
-import hbmeta.tasks.standardize as standardize_module
-import hbmeta.tasks.table as table_module
 from hbmeta.tasks.table import Standardization, split_groups, tasks_from_table
 
 
@@ -21,10 +18,6 @@ def _table(rng, sizes=(4, 7, 5, 9)):
                          "y": rng.normal(3.0, 2.0), "is_support": i < 2})
     return pd.DataFrame(rows)
 
-
-def test_docstring_examples():
-    assert doctest.testmod(table_module).failed == 0
-    assert doctest.testmod(standardize_module).failed == 0
 
 
 def test_one_task_per_group_with_masks_rows_and_standardised_values(rng):
