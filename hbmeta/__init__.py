@@ -38,6 +38,7 @@ _EXPORTS = {
     "MAMLInfo": "hbmeta.maml.train",
     "MAMLResult": "hbmeta.maml.train",
     "MAMLState": "hbmeta.maml.train",
+    "MemoryLimitError": "hbmeta.base.memory",
     "ModelSpec": "hbmeta.model.spec",
     "Network": "hbmeta.adaptation.networks",
     "NonFiniteError": "hbmeta.adaptation.stability",

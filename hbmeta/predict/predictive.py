@@ -28,6 +28,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from hbmeta.base.jax_checks import as_key
+from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.model.posterior import Posterior
 from hbmeta.model.task_linearised import predictive_one
@@ -240,6 +241,9 @@ def sample_predictive(
     ``2 · 4 · C·S·T·M·o`` bytes (``mean`` and ``y``; e.g. 4 chains × 500 draws
     × 100 tasks × 100 points = 160 MB), plus ``4 · C·S·T·P`` bytes when
     ``return_params`` (the same sizes: 1.4 GB, so ask for params on few tasks).
+    Those host bytes are checked before any work against the available memory
+    (or ``HBMETA_MEMORY_CAP``): :class:`~hbmeta.base.memory.MemoryLimitError`
+    with the estimate when they do not fit.
 
     Args:
         posterior: a :class:`~hbmeta.Posterior` from any method.
@@ -295,6 +299,11 @@ def sample_predictive(
     data = [None if a is None else _pad(np.asarray(a), t_pad) for a in fields]
     run = _kernel(spec, regression=regression, has_alpha=has_alpha, want_params=return_params)
     out_shape = tuple(jax.eval_shape(spec.rule.apply, spec.params, tasks.x_query[0]).shape)
+    per_point = int(np.prod(out_shape[1:], dtype=np.int64)) if len(out_shape) > 1 else 1
+    check_memory(4.0 * N * T * M * per_point * 2 + (4.0 * N * T * spec.num_params if return_params else 0.0),
+                 what=f"the predictive ({N} draws × {T} tasks × {M} query points"
+                      f"{', with the adapted parameters' if return_params else ''})",
+                 lower="the number of draws or tasks (or pass fewer query points)")
 
     first_out, y_out, phi_out, sd_out = None, None, None, None
 
