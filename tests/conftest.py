@@ -9,9 +9,10 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 # The tests compile far more than they compute: less optimised, quicker-to-compile XLA code (a third off the
 # suite's time). Subprocesses started by the tests inherit it. The numbers compared are computed under it.
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_XLA}".strip()
+from hbmeta.base.xla import QUICK_COMPILE_FLAGS, with_quick_compile
+
+os.environ["XLA_FLAGS"] = with_quick_compile(os.environ.get("XLA_FLAGS", ""))
+FAST_XLA = " ".join(QUICK_COMPILE_FLAGS)  # for tests that set a process's XLA_FLAGS themselves
 
 import jax  # noqa: E402 (after XLA_FLAGS: JAX reads them when it starts)
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import hbmeta as hb
+from hbmeta.base.xla import QUICK_COMPILE_FLAGS
 from hbmeta.cli.main import main
 from hbmeta.models import names as model_names
 from hbmeta.run.config import load_config
@@ -30,7 +31,7 @@ from hbmeta.run.config import load_config
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "hbmeta")
 HBMETA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "hbmeta.cli.main"]
 TIMEOUT = 300
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_XLA = " ".join(QUICK_COMPILE_FLAGS)
 
 # Runs `main(argv)` for each (name, argv) in turn and prints one JSON line per command.
 _SEQUENCE = r"""

@@ -17,6 +17,7 @@ import pytest
 from hbmeta import GradientSteps, LinearGaussian, ModelSpec, NormalLikelihood, Sinusoid, infer, linear, mlp, train_maml
 from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import BadFileError
+from hbmeta.base.xla import QUICK_COMPILE_FLAGS
 from hbmeta.cli.main import main
 from hbmeta.run.rundir import find_partial
 
@@ -29,7 +30,7 @@ RUN = ["run", "linear", "--method", "svi", "maml.num_iterations=20000", "inferen
 
 def _start(argv, cwd, cache, kill_at=None):
     env = dict(os.environ, CI="1", JAX_COMPILATION_CACHE_DIR=str(cache),  # quick compilation: the runs are small
-               XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+               XLA_FLAGS=" ".join(QUICK_COMPILE_FLAGS))
     proc = subprocess.Popen(HBMETA + argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     err = []

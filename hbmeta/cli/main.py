@@ -171,11 +171,9 @@ def _fast_compile() -> None:
             return
     except (ImportError, AttributeError):
         return
-    flags = os.environ.get("XLA_FLAGS", "")
-    for flag in ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"):
-        if flag.split("=")[0] not in flags:
-            flags = f"{flags} {flag}".strip()
-    os.environ["XLA_FLAGS"] = flags
+    from hbmeta.base.xla import with_quick_compile
+
+    os.environ["XLA_FLAGS"] = with_quick_compile(os.environ.get("XLA_FLAGS", ""))
 
 
 def _cmd_job(a, *, fit_only: bool) -> int:
