@@ -1,5 +1,7 @@
 """Memory bounds: the predictive checks its size against the available memory or HBMETA_MEMORY_CAP first."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -45,3 +47,16 @@ def test_the_predictive_refuses_before_any_work(monkeypatch):
         hb.sample_predictive(post, tasks, key=0)
     monkeypatch.setenv("HBMETA_MEMORY_CAP", str(need))
     assert hb.sample_predictive(post, tasks, key=0).y.shape[:3] == (post.num_chains, post.num_draws, 40)
+
+
+def test_a_run_whose_predictive_will_not_fit_is_refused_before_meta_training(tmp_path, monkeypatch, capsys):
+    from hbmeta.cli.main import main
+
+    monkeypatch.setenv("HBMETA_MEMORY_CAP", "10K")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "linear", "--toy", "-q", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hbmeta: error: the held-out predictive (20 draws × ")
+    assert "(HBMETA_MEMORY_CAP); lower the number of posterior draws" in err
+    assert "meta-training" not in err  # refused before any work
+    assert os.listdir(tmp_path) == []  # and nothing is left on disk

@@ -29,6 +29,7 @@ import numpy as np
 from hbmeta.adaptation.stability import check_step_size
 from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
+from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_type
 from hbmeta.diagnostics.arviz import diagnose, save_netcdf, to_arviz
 from hbmeta.distributed import is_main_process
@@ -80,6 +81,38 @@ class _Stages:
         if self._name is not None:
             self.timings[self._name] = round(time.perf_counter() - self._start, 2)
             self._name = None
+
+
+def _expected_draws(method: str, settings: dict) -> int | None:
+    """The number of posterior draws ``method`` will give with ``settings`` (None: not known beforehand)."""
+    if method == "maml":
+        return 1
+    if method in ("nuts", "hmc"):
+        return int(settings.get("num_chains", 1)) * int(settings.get("num_samples", 0)) or None
+    if method == "svi":
+        return 1 if settings.get("guide") == "map" else settings.get("num_draws")
+    if method == "laplace":
+        return settings.get("num_draws")
+    if method == "svgd":
+        return settings.get("num_particles")
+    if method == "ensemble":
+        return settings.get("num_members")
+    return None
+
+
+def _check_predictive_memory(method, settings, test, train, params, network, *, compare: bool) -> None:
+    """``MemoryLimitError`` before any work when the held-out predictive (and LOO's) will not fit in memory."""
+    draws = _expected_draws(method, settings)
+    if draws is None:
+        return
+    out = jax.eval_shape(network.apply, params, test.x_query[0])
+    per_point = int(np.prod(out.shape[1:], dtype=np.int64)) if len(out.shape) > 1 else 1
+    biggest = max(test.num_tasks * test.x_query.shape[1], train.num_tasks * train.x_query.shape[1])
+    # the method's predictive, plus MAML's (one draw) beside it
+    need = 8.0 * (draws + (1 if compare and method != "maml" else 0)) * biggest * per_point
+    check_memory(need, what=f"the held-out predictive ({draws} draws × {test.num_tasks} tasks × "
+                            f"{test.x_query.shape[1]} query points)",
+                 lower="the number of posterior draws (num_samples, num_draws, num_particles) or tasks.num_test")
 
 
 def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, train_tasks=None, stream=None,
@@ -139,6 +172,12 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             test = data.test.tasks
         elif evaluate_held_out:
             test, test_params = _build.draw_tasks(objects.heldout_family, keys["test"], eff.tasks.num_test)
+
+        if evaluate_held_out:  # the predictive's memory, checked now rather than after the fit
+            _check_predictive_memory(method, objects.method_settings, test, train,
+                                     _build.initial_params(eff, objects.network, keys["init"],
+                                                           input_dim=None if data is None else data.input_dim),
+                                     objects.network, compare=eff.evaluation.compare_maml)
 
         stages.start("maml", f"meta-training MAML ({eff.maml.num_iterations} iterations, "
                              f"meta-batch {min(eff.maml.meta_batch_size, train.num_tasks)} of {train.num_tasks} tasks)")
