@@ -22,17 +22,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-def pytest_collection_finish(session):
-    """Start the long subprocess work of the selected tests now (tests/_background.py)."""
-    import _background
-
-    for item in session.items:
-        module = getattr(item, "module", None)
-        for fixture, start in getattr(module, "BACKGROUND", {}).items():
-            if fixture in getattr(item, "fixturenames", ()):
-                _background.get(f"{module.__name__}.{fixture}", start)
-
-
 @pytest.fixture
 def x64():
     """Run a test in float64 (the identities of docs/references.md hold to machine precision)."""

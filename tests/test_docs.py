@@ -2,8 +2,7 @@
 
 Every ```python block of README.md and docs/*.md runs: the blocks of one file in order in one
 namespace (like a notebook), in a working directory of its own (examples may write files), in two
-Python processes that share the files and start when collection ends (tests/_background.py: beside the
-in-process tests). A block fenced as
+Python processes that share the files and start when the module begins. A block fenced as
 ```python no-run is shown but not run (kept for truly expensive snippets). Warnings are errors
 there too, as in the test suite.
 """
@@ -12,13 +11,10 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import _background
 import pytest
 
 import hbmeta
@@ -28,7 +24,7 @@ from hbmeta.run.config import SECTIONS
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
-TIMEOUT = 900  # seconds; they start with the suite, beside the other tests
+TIMEOUT = 400
 
 # Run the blocks of each markdown file in order, in a fresh namespace per file and a working directory
 # of its own; print one JSON line per file (whether it ran, and the traceback if not).
@@ -58,61 +54,40 @@ def _blocks(path: Path) -> list[str]:
     return FENCE.findall(path.read_text(encoding="utf-8"))
 
 
-def _start_doc_runs():
-    """Two processes (two cores) share the documents, the longest examples first, balanced by length.
-
-    Their output goes to files (read when the tests ask), so a process started long before is never
-    blocked on a full pipe.
-    """
+@pytest.fixture(scope="module")
+def doc_runs(tmp_path_factory):
+    """Two processes (two cores) share the documents, the longest examples first, balanced by length."""
     # XLA_FLAGS (quicker, less optimised code) come from tests/conftest.py through os.environ
     env = dict(os.environ, CI="1", MPLBACKEND="Agg")
-    base = Path(tempfile.mkdtemp(prefix="hbmeta-docs-"))
     docs = sorted((p for p in DOCS if _blocks(p)), key=lambda p: -sum(len(b) for b in _blocks(p)))
     groups, sizes = [[], []], [0, 0]
     for path in docs:
         i = sizes.index(min(sizes))
-        (base / path.stem).mkdir()
-        groups[i].append([str(path), str(base / path.stem)])
+        groups[i].append([str(path), str(tmp_path_factory.mktemp(path.stem))])
         sizes[i] += sum(len(b) for b in _blocks(path))
-    procs = []
-    for n, group in enumerate(g for g in groups if g):
-        out, err = open(base / f"out-{n}.txt", "w+"), open(base / f"err-{n}.txt", "w+")
-        procs.append((subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(group)], env=env, stdout=out,
-                                       stderr=err, text=True), out, err))
-    return base, procs
-
-
-BACKGROUND = {"doc_runs": _start_doc_runs}  # started when collection ends (tests/conftest.py)
-
-
-@pytest.fixture(scope="module")
-def doc_runs():
-    base, procs = _background.get(f"{__name__}.doc_runs", _start_doc_runs)
+    procs = [subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(g)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for g in groups if g]
     results = {}
 
     def result(name):
-        for p, out, err in procs:
-            if name in results:
-                break
-            if p.poll() is None:
-                p.wait(timeout=TIMEOUT)
-            out.seek(0)
-            for line in out.read().splitlines():
-                if line.startswith("@@docs-result@@ "):
-                    record = json.loads(line.split(" ", 1)[1])
-                    results[Path(record["path"]).name] = record["error"] or ""
-            if p.returncode != 0:
-                err.seek(0)
-                results.setdefault("process", f"status {p.returncode}:\n{err.read()[-4000:]}")
+        while name not in results and any(p.returncode is None for p in procs):
+            for p in procs:
+                if p.returncode is None:
+                    out, err = p.communicate(timeout=TIMEOUT)
+                    for line in out.splitlines():
+                        if line.startswith("@@docs-result@@ "):
+                            record = json.loads(line.split(" ", 1)[1])
+                            results[Path(record["path"]).name] = record["error"] or ""
+                    if p.returncode != 0:
+                        results.setdefault("process", f"status {p.returncode}:\n{err[-4000:]}")
+                    break
         return results.get(name, results.get("process", f"{name} did not run"))
 
     yield result
-    for p, out, err in procs:
+    for p in procs:
         if p.poll() is None:
             p.kill()
-            p.wait()
-        out.close(), err.close()
-    shutil.rmtree(base, ignore_errors=True)
+            p.communicate()
 
 
 def test_the_documents_have_examples():

@@ -15,9 +15,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
-import _background
 import jax
 import pytest
 
@@ -39,32 +37,21 @@ EQUAL = ["maml_losses", "maml_params", "log_density", "log_density_grad", "close
 SAMPLERS = {"nuts", "svi", "svgd", "laplace"}  # checked on 2 devices only
 
 
-def _start_four():
-    """The 4-device checks in a fresh process, its output to files (it may run long before it is read)."""
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), JAX_PLATFORMS="cpu")
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4", "--no-samplers"],
-                            stdout=out, stderr=err, text=True, env=env)
-    return proc, out, err
-
-
-BACKGROUND = {"results": _start_four}  # started when collection ends (tests/conftest.py)
-
-
 @pytest.fixture(scope="module")
 def results():
-    proc, out, err = _background.get(f"{__name__}.results", _start_four)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), JAX_PLATFORMS="cpu")
+    # the 4-device process runs while this one does the 2-device checks (each compile-bound on one core)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4", "--no-samplers"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        two = _scale_checks.checks(2)  # meanwhile, in this process
-        proc.wait(timeout=900)
+        two = _scale_checks.checks(2)
+        out, err = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
-    out.seek(0), err.seek(0)
-    lines = [ln for ln in out.read().splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, err.read()[-3000:]
-    out.close(), err.close()
+            proc.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, err[-3000:]
     return {2: two, 4: json.loads(lines[-1][len("RESULT "):])}
 
 
