@@ -210,6 +210,14 @@ def _unravel_batch(spec, flat):
     return jax.tree.unflatten(treedef, parts)
 
 
+def predictive_bytes(num_draws: int, num_tasks: int, out_shape) -> float:
+    """Host bytes of a predictive's ``mean`` and ``y`` (float32): ``2 · 4 · draws · tasks · M · o``.
+
+    ``out_shape`` is the network's output for one task's query set, ``(M, o)`` or ``(M, classes)``.
+    """
+    return 8.0 * num_draws * num_tasks * float(np.prod(out_shape, dtype=np.int64))
+
+
 def sample_predictive(
     posterior: Posterior,
     tasks: TaskBatch,
@@ -299,8 +307,7 @@ def sample_predictive(
     data = [None if a is None else _pad(np.asarray(a), t_pad) for a in fields]
     run = _kernel(spec, regression=regression, has_alpha=has_alpha, want_params=return_params)
     out_shape = tuple(jax.eval_shape(spec.rule.apply, spec.params, tasks.x_query[0]).shape)
-    per_point = int(np.prod(out_shape[1:], dtype=np.int64)) if len(out_shape) > 1 else 1
-    check_memory(4.0 * N * T * M * per_point * 2 + (4.0 * N * T * spec.num_params if return_params else 0.0),
+    check_memory(predictive_bytes(N, T, out_shape) + (4.0 * N * T * spec.num_params if return_params else 0.0),
                  what=f"the predictive ({N} draws × {T} tasks × {M} query points"
                       f"{', with the adapted parameters' if return_params else ''})",
                  lower="the number of draws or tasks (or pass fewer query points)")

@@ -31,7 +31,8 @@ from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
 from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_type
-from hbmeta.diagnostics.arviz import diagnose, save_netcdf, to_arviz
+from hbmeta.diagnostics.arviz import diagnose, to_arviz
+from hbmeta.diagnostics.netcdf import save_netcdf
 from hbmeta.distributed import is_main_process
 from hbmeta.inference.dispatch import infer, maml_posterior
 from hbmeta.inference.ensemble import ensemble_train_size
@@ -39,7 +40,7 @@ from hbmeta.maml.evaluate import divergence_message, evaluate
 from hbmeta.maml.train import train_maml
 from hbmeta.model.task_posterior import fit_task_hyperparameters
 from hbmeta.predict.metrics import coverage_by_spread, predictive_metrics
-from hbmeta.predict.predictive import sample_predictive
+from hbmeta.predict.predictive import predictive_bytes, sample_predictive
 from hbmeta.run import build as _build
 from hbmeta.run.config import Config
 from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
@@ -105,11 +106,10 @@ def _check_predictive_memory(method, settings, test, train, params, network, *, 
     draws = _expected_draws(method, settings)
     if draws is None:
         return
-    out = jax.eval_shape(network.apply, params, test.x_query[0])
-    per_point = int(np.prod(out.shape[1:], dtype=np.int64)) if len(out.shape) > 1 else 1
-    biggest = max(test.num_tasks * test.x_query.shape[1], train.num_tasks * train.x_query.shape[1])
-    # the method's predictive, plus MAML's (one draw) beside it
-    need = 8.0 * (draws + (1 if compare and method != "maml" else 0)) * biggest * per_point
+    # the method's predictive (plus MAML's, one draw, beside it) on the larger of the held-out and training sets
+    n = draws + (1 if compare and method != "maml" else 0)
+    need = max(predictive_bytes(n, t.num_tasks, jax.eval_shape(network.apply, params, t.x_query[0]).shape)
+               for t in (test, train))
     check_memory(need, what=f"the held-out predictive ({draws} draws × {test.num_tasks} tasks × "
                             f"{test.x_query.shape[1]} query points)",
                  lower="the number of posterior draws (num_samples, num_draws, num_particles) or tasks.num_test")
@@ -173,17 +173,16 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         elif evaluate_held_out:
             test, test_params = _build.draw_tasks(objects.heldout_family, keys["test"], eff.tasks.num_test)
 
+        theta0 = _build.initial_params(eff, objects.network, keys["init"],
+                                       input_dim=None if data is None else data.input_dim)
         if evaluate_held_out:  # the predictive's memory, checked now rather than after the fit
-            _check_predictive_memory(method, objects.method_settings, test, train,
-                                     _build.initial_params(eff, objects.network, keys["init"],
-                                                           input_dim=None if data is None else data.input_dim),
-                                     objects.network, compare=eff.evaluation.compare_maml)
+            _check_predictive_memory(method, objects.method_settings, test, train, theta0, objects.network,
+                                     compare=eff.evaluation.compare_maml)
 
         stages.start("maml", f"meta-training MAML ({eff.maml.num_iterations} iterations, "
                              f"meta-batch {min(eff.maml.meta_batch_size, train.num_tasks)} of {train.num_tasks} tasks)")
         maml = train_maml(
-            _build.initial_params(eff, objects.network, keys["init"], input_dim=None if data is None else data.input_dim),
-            train, rule=objects.rule, key=keys["maml"],
+            theta0, train, rule=objects.rule, key=keys["maml"],
             num_iterations=eff.maml.num_iterations, optimizer=objects.maml_optimizer,
             meta_batch_size=min(eff.maml.meta_batch_size, train.num_tasks),
             learn_step_size=eff.maml.learn_step_size, progress=eff.run.progress and main, devices=devices,
