@@ -187,7 +187,7 @@ def no_compilation(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("bad input reached the inference machinery")
 
-    monkeypatch.setattr(hbmeta.inference.nuts, "MCMC", forbidden)
+    monkeypatch.setattr(hbmeta.inference.nuts, "sample_chains", forbidden)
     monkeypatch.setattr(hbmeta.inference.svi, "SVI", forbidden)
     monkeypatch.setattr(hbmeta.inference.laplace, "initialize_model", forbidden)
     monkeypatch.setattr(hbmeta.inference.svgd, "SVGD", forbidden)

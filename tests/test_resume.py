@@ -1,6 +1,7 @@
 """Checkpoint and resume: a run SIGKILLed in the middle of MAML training, resumed, SIGKILLed again in the middle of
-SVI and resumed again, ends bit for bit where an uninterrupted run with the same seed ends; a killed run never
-looks complete. SVGD and Laplace's MAP search resume through the same loop (checked in-process)."""
+SVI and resumed again, ends bit for bit where an uninterrupted run with the same seed ends, and so does a run
+SIGKILLed in the middle of NUTS's warm-up; a killed run never looks complete. SVGD, Laplace's MAP search, the
+ensemble and NUTS/HMC stopped in warm-up or in sampling resume through the same loop (checked in-process)."""
 
 import json
 import os
@@ -110,6 +111,36 @@ def test_a_run_killed_in_maml_training_and_in_svi_resumes_to_the_same_result(tmp
     assert ma == mb
 
 
+# NUTS long enough (20 chunks of 200 transitions, a checkpoint after each) to be killed in the middle of warm-up
+RUN_NUTS = ["run", "linear", "--method", "nuts", "maml.num_iterations=500", "inference.nuts.num_warmup=3000",
+            "inference.nuts.num_samples=1000", "inference.nuts.num_chains=2", "tasks.num_test=20"]
+
+
+def test_a_run_killed_in_nuts_warm_up_resumes_to_the_same_result(tmp_path):
+    full = _start(RUN_NUTS + ["--out", "full"], tmp_path, tmp_path / "cache-full")
+    rc, _, err = _start(RUN_NUTS + ["--out", "killed"], tmp_path, tmp_path / "cache-killed",
+                        kill_at="NUTS: 1600/4000")()
+    assert rc == -signal.SIGKILL, err
+    assert not (tmp_path / "killed").exists()
+    _, partial = find_partial(tmp_path / "killed")
+    with np.load(os.path.join(partial, "checkpoints", "nuts.npz")) as ck:
+        done = int(ck["__done__"])
+    assert 1600 <= done < 3000 and done % 200 == 0  # killed in warm-up, at most one chunk lost
+    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume")()
+    assert rc == 0, err
+    assert f"NUTS: {done}/4000" in err and "resumed" in err
+    rc, _, err = full()
+    assert rc == 0, err
+    a, b = tmp_path / "full", tmp_path / "killed"
+    with np.load(a / "posterior.npz") as x, np.load(b / "posterior.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        for k in x.files:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)  # bit for bit
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    ma.pop("timings_s"), mb.pop("timings_s")
+    assert ma == mb
+
+
 def test_train_maml_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_path):
     net = mlp((1, 8, 1))
     rule = GradientSteps(net.apply, step_size=0.01)
@@ -129,22 +160,67 @@ def test_train_maml_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_p
         train_maml(other, Sinusoid(), **kw, checkpoint=Checkpointer(path))
 
 
-@pytest.mark.parametrize("method", ["svi", "svgd", "laplace"])
+@pytest.mark.parametrize("method", ["svi", "svgd", "laplace", "ensemble"])
 def test_a_posterior_fit_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_path, method):
     spec = ModelSpec(GradientSteps(linear().apply, step_size=0.1), {"w": jnp.zeros(2)},
                      likelihood=NormalLikelihood(noise=0.5))
     tasks = LinearGaussian(dim=2).sample(jax.random.key(0), 10)
-    size = {"svi": {"num_draws": 5}, "svgd": {"num_particles": 4}, "laplace": {"num_draws": 5}}[method]
+    size = {"svi": {"num_draws": 5}, "svgd": {"num_particles": 4}, "laplace": {"num_draws": 5},
+            "ensemble": {"num_members": 2, "meta_batch_size": 2, "holdout": "none",
+                         "init": lambda k: {"w": jax.random.normal(k, (2,))}}}[method]
+    steps = "num_iterations" if method == "ensemble" else "num_steps"
     kw = dict(method=method, key=jax.random.key(1), chunk_size=10, progress=False, **size)
-    whole = infer(spec, tasks, num_steps=40, **kw)
+    whole = infer(spec, tasks, **{steps: 40}, **kw)
     path = tmp_path / f"{method}.npz"
-    infer(spec, tasks, num_steps=20, checkpoint=Checkpointer(path), **kw)  # stopped at 20: its last checkpoint
-    resumed = infer(spec, tasks, num_steps=40, checkpoint=Checkpointer(path), **kw)  # 20 done: 20 more
+    infer(spec, tasks, **{steps: 20}, checkpoint=Checkpointer(path), **kw)  # stopped at 20: its last checkpoint
+    resumed = infer(spec, tasks, **{steps: 40}, checkpoint=Checkpointer(path), **kw)  # 20 done: 20 more
     np.testing.assert_array_equal(resumed.info["losses"], whole.info["losses"])
     for name in whole.samples:
         np.testing.assert_array_equal(resumed.samples[name], whole.samples[name], err_msg=name)
     with np.load(path) as ck:
         assert int(ck["__done__"]) == 40
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KilledAfter(Checkpointer):
+    """A checkpointer whose process "dies" right after its n-th save (the file then holds that state)."""
+
+    def __init__(self, path, n):
+        super().__init__(path)
+        self.n = n
+
+    def maybe_save(self, *args, **kwargs):
+        super().maybe_save(*args, **kwargs)
+        if self.saves == self.n:
+            raise _Killed
+
+
+@pytest.mark.parametrize("kernel, chain_method, saves", [("nuts", "vectorized", 2), ("hmc", "sequential", 4)])
+def test_mcmc_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_path, kernel, chain_method, saves):
+    """Stopped in warm-up (2 of 5 chunks: the adaptation state is carried) or in sampling (4 of 5)."""
+    spec = ModelSpec(GradientSteps(linear().apply, step_size=0.1), {"w": jnp.zeros(2)})  # σ inferred too
+    tasks = LinearGaussian(dim=2).sample(jax.random.key(0), 10)
+    kw = dict(method=kernel, key=jax.random.key(1), num_chains=2, num_warmup=30, num_samples=20, chunk_size=10,
+              chain_method=chain_method, progress=False, **({"max_tree_depth": 3} if kernel == "nuts" else {}))
+    whole = infer(spec, tasks, **kw)
+    path = tmp_path / f"{kernel}.npz"
+    with pytest.raises(_Killed):
+        infer(spec, tasks, **kw, checkpoint=_KilledAfter(path, saves))
+    with np.load(path) as ck:
+        assert int(ck["__done__"]) == 10 * saves
+    resumed = infer(spec, tasks, **kw, checkpoint=Checkpointer(path))
+    assert sorted(resumed.samples) == sorted(whole.samples) and "noise" in whole.samples
+    for name in whole.samples:
+        np.testing.assert_array_equal(resumed.samples[name], whole.samples[name], err_msg=name)
+    for name in whole.sample_stats:
+        np.testing.assert_array_equal(resumed.sample_stats[name], whole.sample_stats[name], err_msg=name)
+    assert whole.samples["theta"].shape == (2, 20, 2) and np.ptp(whole.samples["theta"][:, :, 0]) > 0
+    # a checkpoint of another configuration (three chains) is refused, naming the file
+    with pytest.raises(BadFileError, match=f"{kernel}.npz: state array .* expected"):
+        infer(spec, tasks, **{**kw, "num_chains": 3}, checkpoint=Checkpointer(path))
 
 
 def test_resume_refuses_a_complete_run_and_nothing(tmp_path):

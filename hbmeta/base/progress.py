@@ -86,8 +86,8 @@ def run_in_chunks(run, carry, total: int, *, chunk_size: int, label: str, progre
         carry, values = run(carry, n)
         chunks.append(np.asarray(values))
         done += n
-        bar.update(done, describe(chunks[-1]))
-        if checkpoint is not None:
+        if checkpoint is not None:  # saved before it is shown: a step count on screen is a saved state
             checkpoint.maybe_save(carry, done, np.concatenate(chunks), final=done == total)
+        bar.update(done, describe(chunks[-1]))
     bar.close()
     return carry, np.concatenate(chunks)

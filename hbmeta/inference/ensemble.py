@@ -155,6 +155,7 @@ def run_ensemble(
     optimizer=None,
     holdout: str = "folds",
     chunk_size: int = 1000,
+    checkpoint=None,
     progress: bool = True,
 ) -> Posterior:
     """An ensemble of ``num_members`` MAML solutions as a posterior (one chain per member).
@@ -179,6 +180,10 @@ def run_ensemble(
             docstring); ``"none"``: all members train on all tasks, σ_m from
             each member's training residuals (biased low).
         chunk_size: iterations per compiled chunk (progress between chunks).
+        checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: every
+            member's parameters, optimiser state and PRNG key are saved as it
+            asks, and a later call with the same arguments continues from the
+            file, ending bit for bit where an uninterrupted one ends.
         progress: show progress on standard error.
 
     Returns:
@@ -246,6 +251,7 @@ def run_ensemble(
         label=f"ensemble meta-training ({num_members} members)",
         progress=progress,
         describe=lambda chunk: f"meta-loss {float(np.mean(chunk[-min(50, len(chunk)):])):.4f} (mean of members)",
+        checkpoint=checkpoint,
     )
     flat = jax.vmap(spec.ravel)(states.params)
     draws = {"theta": flat[:, None, :]}

@@ -14,8 +14,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.infer import HMC, MCMC, NUTS, init_to_uniform, init_to_value
+from numpyro.infer import HMC, NUTS, init_to_uniform, init_to_value
 
+from hbmeta.inference.chains import CHAIN_METHODS, sample_chains
 from hbmeta.inference.common import (
     as_key,
     check_choice,
@@ -30,8 +31,6 @@ from hbmeta.model.posterior import Posterior
 from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh, shard_inputs
 
 KERNELS = ("nuts", "hmc")
-CHAIN_METHODS = ("parallel", "vectorized", "sequential")
-_EXTRA_FIELDS = ("diverging", "accept_prob", "adapt_state.step_size", "num_steps", "potential_energy")
 
 
 def default_chain_method(num_chains: int) -> str:
@@ -104,6 +103,8 @@ def run_nuts(
     init=None,
     chain_method: str | None = None,
     devices=None,
+    chunk_size: int | None = None,
+    checkpoint=None,
     progress: bool = True,
 ) -> Posterior:
     """Sample the posterior over θ (and σ, α when inferred) with NUTS or HMC.
@@ -135,7 +136,16 @@ def run_nuts(
             devices or a Mesh; see :func:`hbmeta.tasks.sharding.resolve_mesh`):
             the model's log density and its gradient are computed on every
             device's share of the tasks; the chains are then vectorised.
-        progress: show NumPyro's progress bar.
+        chunk_size: transitions per compiled chunk (default: about a
+            twentieth of warm-up plus sampling); progress is shown and a
+            checkpoint saved between chunks.
+        checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: the
+            chains' full state (position, step size, mass matrix, warm-up
+            adaptation, PRNG keys) and the draws so far are saved as it asks,
+            warm-up included, and a later call with the same arguments
+            continues from the file, ending bit for bit where an uninterrupted
+            run ends (:func:`sample_chains`).
+        progress: show progress (transitions done, divergences, step size).
 
     Returns:
         :class:`~hbmeta.Posterior` with ``samples["theta"]`` of shape
@@ -191,22 +201,13 @@ def run_nuts(
         )
     else:
         sampler = HMC(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass, init_strategy=strategy)
-    mcmc = MCMC(
-        sampler,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        chain_method=chain_method,
-        progress_bar=progress,
-    )
     start = time.perf_counter()
     init_params = None if modes is None else _member_starts(model, tasks, spec, init, modes)
-    mcmc.run(key, tasks, extra_fields=_EXTRA_FIELDS, init_params=init_params)
-    draws = mcmc.get_samples(group_by_chain=True)
-    jax.block_until_ready(draws)
+    draws, stats = sample_chains(sampler, tasks, key=key, num_chains=num_chains, num_warmup=num_warmup,
+                                 num_samples=num_samples, chain_method=chain_method, init_params=init_params,
+                                 chunk_size=chunk_size, checkpoint=checkpoint, progress=progress,
+                                 label=kernel.upper())
     wall = time.perf_counter() - start
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {name.replace("adapt_state.", ""): extra[name] for name in _EXTRA_FIELDS}
     settings = json_settings(
         num_chains=num_chains,
         num_warmup=num_warmup,

@@ -190,7 +190,8 @@ class RunSection:
     toy: bool = opt(False, "bool", "cap every size to a toy value (a run in seconds; for tests)")
     progress: bool = opt(True, "bool", "print progress of long stages on standard error")
     checkpoint_every: int = opt(1000, "int", "iterations between checkpoints of MAML training, SVI, SVGD and "
-                                             "Laplace's MAP search (in the run's partial directory; a resumed run "
+                                             "Laplace's MAP search, at most this many transitions between those "
+                                             "of NUTS/HMC (in the run's partial directory; a resumed run "
                                              "continues from them); 0: none",
                                 lo=0)
     devices: int = opt(1, "int", "devices to split the tasks over (MAML, the posterior, the predictive): 1 = one "

@@ -130,8 +130,10 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             standard error, the table to standard output).
         resume: the partial directory of an interrupted run of ``cfg`` (:func:`~hbmeta.run.rundir.find_partial`;
             ``out`` is then its final path): its checkpoints are continued, and the result is the one an
-            uninterrupted run gives, bit for bit on CPU. MAML training and SVI save a checkpoint
-            every ``run.checkpoint_every`` iterations (steps).
+            uninterrupted run gives, bit for bit on CPU. MAML training, SVI, SVGD and Laplace's MAP
+            search save a checkpoint every ``run.checkpoint_every`` iterations (steps); NUTS and HMC
+            after every chunk of transitions (a twentieth of the run, or ``run.checkpoint_every``
+            transitions if fewer), warm-up included.
 
     Example:
         >>> import tempfile, os
@@ -214,10 +216,14 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                 init = lambda k: _build.initial_params(eff, objects.network, k, input_dim=input_dim)
                 settings["meta_batch_size"] = min(settings["meta_batch_size"], ensemble_train_size(
                     train.num_tasks, settings["num_members"], settings["holdout"]))
-            if method in ("svi", "svgd", "laplace") and eff.run.checkpoint_every:  # the optimiser state, like MAML's
-                settings["chunk_size"] = min(1000 if method == "svi" else 500, eff.run.checkpoint_every)
+            if method in ("svi", "svgd", "laplace", "ensemble") and eff.run.checkpoint_every:  # like MAML's
+                settings["chunk_size"] = min(500 if method in ("svgd", "laplace") else 1000, eff.run.checkpoint_every)
                 settings["checkpoint"] = Checkpointer(writer.checkpoint_path(method),
                                                       every_steps=eff.run.checkpoint_every)
+            if method in ("nuts", "hmc") and eff.run.checkpoint_every:  # the chains' state after every chunk
+                transitions = settings["num_warmup"] + settings["num_samples"]
+                settings["chunk_size"] = min(max(10, -(-transitions // 20)), eff.run.checkpoint_every)
+                settings["checkpoint"] = Checkpointer(writer.checkpoint_path(method))
             post = infer(spec, train, method=method, key=keys["infer"], init=init,
                          progress=eff.run.progress and main, devices=devices, **settings)
             if "chain_method_reason" in post.info and stages.enabled:
