@@ -9,6 +9,12 @@ every chunk and once without, alternating ``--repeats`` times after one
 untimed warm-up of each (so compilation is not timed); the table gives the
 median wall times and their ratio (target: close to 1).
 
+NUTS (the default run's method: 2 chains, 200 warm-up and 200 kept
+transitions, tree depth 5, from MAML's θ) saves after each of its 20 chunks.
+Each call compiles its own chunk, so its times include compilation; its
+baseline is NumPyro's own ``MCMC.run`` of the same kernel (one compiled loop,
+no checkpoints) in the same process, and the table gives both ratios.
+
 Usage:
     python bench/checkpoint_overhead.py              # the default run's sizes
     python bench/checkpoint_overhead.py --quick      # a few seconds
@@ -34,11 +40,13 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=10_000, help="MAML meta-iterations (the default run's)")
     p.add_argument("--svi-steps", type=int, default=2_000, help="SVI steps (the sinusoid [inference.svi] default)")
     p.add_argument("--every", type=int, default=1000, help="steps between checkpoints (run.checkpoint_every)")
+    p.add_argument("--nuts", type=int, default=200, help="NUTS warm-up and kept transitions per chain (each)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="1,000 iterations, 400 SVI steps, every 100, 2 repeats")
+    p.add_argument("--quick", action="store_true", help="1,000 iterations, 400 SVI steps, every 100, 2 repeats, "
+                                                         "20 NUTS transitions")
     a = p.parse_args(argv)
     if a.quick:
-        a.iterations, a.svi_steps, a.every, a.repeats = 1000, 400, 100, 2
+        a.iterations, a.svi_steps, a.every, a.repeats, a.nuts = 1000, 400, 100, 2, 20
 
     net = hb.mlp((1, 40, 40, 1))
     rule = hb.GradientSteps(net.apply, step_size=0.01)
@@ -87,6 +95,43 @@ def main(argv=None) -> int:
     print(f"{'stage':>6} {'steps':>7} {'saves':>6} {'without s':>10} {'with s':>8} {'ratio':>7}")
     for name, steps, saves, without, with_ in rows:
         print(f"{name:>6} {steps:>7,} {saves:>6} {without:>10.2f} {with_:>8.2f} {with_ / without:>7.3f}")
+
+    # NUTS: hbmeta's chunked chains with and without checkpoints, against NumPyro's MCMC.run (compilation included)
+    from numpyro.infer import MCMC, NUTS, init_to_value
+
+    from hbmeta.model.hierarchical import build_model
+
+    init = hb.maml_posterior(spec, maml.params, train.tasks)
+    kw = dict(num_chains=2, num_warmup=a.nuts, num_samples=a.nuts, max_tree_depth=5, chain_method="vectorized",
+              init=init, progress=False)
+    chunk = max(10, -(-2 * a.nuts // 20))
+
+    def nuts(checkpointed):
+        path = os.path.join(folder, "nuts.npz")
+        if os.path.exists(path):
+            os.remove(path)
+        ck = Checkpointer(path) if checkpointed else None
+        t = time.perf_counter()
+        post = hb.run_nuts(spec, train.tasks, key=jax.random.key(5), chunk_size=chunk, checkpoint=ck, **kw)
+        jax.block_until_ready(post.samples["theta"])
+        return time.perf_counter() - t, (ck.saves if ck else 0)
+
+    def numpyro_mcmc():
+        values = {"theta": spec.ravel(maml.params), "noise": float(init.noise().mean())}
+        kernel = NUTS(build_model(spec), max_tree_depth=5, init_strategy=init_to_value(values=values))
+        mcmc = MCMC(kernel, num_warmup=a.nuts, num_samples=a.nuts, num_chains=2, chain_method="vectorized",
+                    progress_bar=False)
+        t = time.perf_counter()
+        mcmc.run(jax.random.key(5), train.tasks)
+        jax.block_until_ready(mcmc.get_samples())
+        return time.perf_counter() - t
+
+    baseline = numpyro_mcmc()
+    (without, _), (with_, saves) = nuts(False), nuts(True)
+    print(f"NUTS {2 * a.nuts} transitions x 2 chains, compilation included: NumPyro MCMC.run {baseline:.2f} s "
+          f"(baseline, same run); hbmeta chunks without checkpoints {without:.2f} s (ratio {without / baseline:.3f}), "
+          f"with a checkpoint after each of {saves} chunks {with_:.2f} s (ratio to MCMC.run {with_ / baseline:.3f}, "
+          f"to no checkpoints {with_ / without:.3f})")
     return 0
 
 
