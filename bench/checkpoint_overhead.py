@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     init = hb.maml_posterior(spec, maml.params, train.tasks)
     kw = dict(num_chains=2, num_warmup=a.nuts, num_samples=a.nuts, max_tree_depth=5, chain_method="vectorized",
               init=init, progress=False)
-    chunk = max(10, -(-2 * a.nuts // 20))
+    from hbmeta.inference.chains import default_chunk_size
+
+    chunk = default_chunk_size(2 * a.nuts)
 
     def nuts(checkpointed):
         path = os.path.join(folder, "nuts.npz")

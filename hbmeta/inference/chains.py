@@ -45,6 +45,11 @@ _STAT_DTYPES = (bool, np.float32, np.float32, np.int32, np.float32)
 CHAIN_METHODS = ("parallel", "vectorized", "sequential")
 
 
+def default_chunk_size(total: int) -> int:
+    """Transitions per chunk when none is given: about a twentieth of ``total``, at least 10, at most ``total``."""
+    return min(max(10, -(-total // 20)), total)
+
+
 def _record(sites, state):
     """One transition as a float32 vector: the constrained sites' values, then the five statistics."""
     stats = (state.diverging, state.accept_prob, state.adapt_state.step_size, state.num_steps,
@@ -84,8 +89,7 @@ def sample_chains(sampler, *model_args, key, num_chains: int, num_warmup: int, n
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method={chain_method!r}; expected one of {list(CHAIN_METHODS)}")
     total = num_warmup + num_samples
-    chunk = max(10, -(-total // 20)) if chunk_size is None else check_int("chunk_size", chunk_size)
-    chunk = min(chunk, total)
+    chunk = default_chunk_size(total) if chunk_size is None else min(check_int("chunk_size", chunk_size), total)
 
     def init_one(k, params):
         return sampler.init(k, num_warmup, params, model_args=model_args, model_kwargs={})

@@ -34,6 +34,7 @@ from hbmeta.base.validate import check_type
 from hbmeta.diagnostics.arviz import diagnose, to_arviz
 from hbmeta.diagnostics.netcdf import save_netcdf
 from hbmeta.distributed import is_main_process
+from hbmeta.inference.chains import default_chunk_size
 from hbmeta.inference.dispatch import infer, maml_posterior
 from hbmeta.inference.ensemble import ensemble_train_size
 from hbmeta.maml.evaluate import divergence_message, evaluate
@@ -222,7 +223,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                                                       every_steps=eff.run.checkpoint_every)
             if method in ("nuts", "hmc") and eff.run.checkpoint_every:  # the chains' state after every chunk
                 transitions = settings["num_warmup"] + settings["num_samples"]
-                settings["chunk_size"] = min(max(10, -(-transitions // 20)), eff.run.checkpoint_every)
+                settings["chunk_size"] = min(default_chunk_size(transitions), eff.run.checkpoint_every)
                 settings["checkpoint"] = Checkpointer(writer.checkpoint_path(method))
             post = infer(spec, train, method=method, key=keys["infer"], init=init,
                          progress=eff.run.progress and main, devices=devices, **settings)
