@@ -1,11 +1,13 @@
-"""Peak memory of the ArviZ conversion (per-task log-likelihood for LOO) and the NetCDF file, against draws × tasks × points.
+"""Peak memory of writing the NetCDF file (predictive, per-task log-likelihood for LOO), against draws × tasks × points.
 
-Each case runs in a fresh process: fit a quick SVI posterior on the linear-Gaussian
-family, then ``to_arviz`` (the per-task log-likelihood, computed 16 tasks at a
-time) and ``save_netcdf``. It prints the peak resident memory of the process
-(``ru_maxrss``), the peak before the conversion (the fit), their difference, and
-the size of the log-likelihood array itself (8 · draws · tasks bytes): the
-difference should stay near that size, not grow with draws × tasks × points.
+Each case runs twice, each time in a fresh process: fit a quick SVI posterior on
+the linear-Gaussian family, then write ``posterior.nc`` either from memory
+(``save_netcdf(to_arviz(...))``: the whole predictive and log-likelihood in
+memory, the baseline) or block by block (``to_netcdf``: 64 draws × 32 tasks at
+a time). It prints the peak resident memory of the process (``ru_maxrss``)
+above the peak before the writing (the fit), for both, and their ratio; and the
+size of the log-likelihood array itself (8 · draws · tasks bytes). Streamed, the
+added memory should not grow with draws × tasks × points.
 
 Usage:
     python bench/scale_memory.py
@@ -26,7 +28,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(draws: int, tasks: int, points: int) -> dict:
+def one(draws: int, tasks: int, points: int, streamed: bool) -> dict:
     import jax
 
     import hbmeta as hb
@@ -37,9 +39,12 @@ def one(draws: int, tasks: int, points: int) -> dict:
                         likelihood=hb.NormalLikelihood(noise=0.5))
     post = hb.run_svi(spec, train, key=jax.random.key(1), num_steps=20, num_draws=draws, progress=False)
     before = _rss_mb()
-    idata = hb.to_arviz(post, train, key=2)
     with tempfile.TemporaryDirectory() as d:
-        path = hb.save_netcdf(idata, os.path.join(d, "posterior.nc"))
+        path = os.path.join(d, "posterior.nc")
+        if streamed:
+            hb.to_netcdf(post, train, path, key=2)
+        else:
+            hb.save_netcdf(hb.to_arviz(post, train, key=2), path)
         file_mb = os.path.getsize(path) / 2**20
     return {"draws": draws, "tasks": tasks, "points": points, "before_mb": before, "peak_mb": _rss_mb(),
             "loglik_mb": 8 * draws * tasks / 2**20, "file_mb": file_mb}
@@ -50,20 +55,25 @@ CASES = [(1000, 100, 10), (1000, 100, 100), (1000, 1000, 10), (1000, 1000, 100),
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--one", type=int, nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--one", type=int, nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one is not None:
-        print("RESULT", json.dumps(one(*a.one)), flush=True)
+        print("RESULT", json.dumps(one(*a.one[:3], bool(a.one[3]))), flush=True)
         return 0
-    print("to_arviz (log-likelihood) + save_netcdf, linear-Gaussian tasks, one fresh process per case")
-    print(f"{'draws':>6} {'tasks':>6} {'points':>6} {'D·T·M (M)':>10} {'fit MB':>7} {'peak MB':>8} {'added MB':>9} "
-          f"{'loglik MB':>10} {'file MB':>8}")
+    print("posterior.nc from memory (save_netcdf(to_arviz)) against block by block (to_netcdf), linear-Gaussian "
+          "tasks, one fresh process per case and way")
+    print(f"{'draws':>6} {'tasks':>6} {'points':>6} {'D·T·M (M)':>10} {'fit MB':>7} {'added, memory':>14} "
+          f"{'added, blocks':>14} {'ratio':>6} {'loglik MB':>10} {'file MB':>8}")
     for case in CASES:
-        cmd = [sys.executable, __file__, "--one", *map(str, case)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        r = json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:])
+        rows = []
+        for streamed in (0, 1):
+            cmd = [sys.executable, __file__, "--one", *map(str, case), str(streamed)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:]))
+        mem, blk = (r["peak_mb"] - r["before_mb"] for r in rows)
+        r = rows[1]
         print(f"{r['draws']:>6} {r['tasks']:>6} {r['points']:>6} {r['draws'] * r['tasks'] * r['points'] / 1e6:>10.1f} "
-              f"{r['before_mb']:>7.0f} {r['peak_mb']:>8.0f} {r['peak_mb'] - r['before_mb']:>9.0f} "
+              f"{r['before_mb']:>7.0f} {mem:>14.0f} {blk:>14.0f} {blk / max(mem, 1e-9):>6.2f} "
               f"{r['loglik_mb']:>10.1f} {r['file_mb']:>8.1f}", flush=True)
     return 0
 

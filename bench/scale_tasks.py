@@ -4,7 +4,10 @@ Each ELBO step scores ``--subsample`` random tasks (NumPyro's subsampled plate,
 scaled by T / B), so the compute per step should not grow with T. Two ways to
 hold the T tasks: ``generated`` (``family.generated(key, T)``: task j is made
 from ``fold_in(key, j)`` when a step takes it, so nothing is stored) and
-``stored`` (all T tasks as arrays on the device, ``family.sample(key, T)``). Each T runs
+``stored`` (all T tasks as arrays on the device, ``family.sample(key, T)``), plus
+``disk`` (the same generated tasks written to a memory-mapped task store,
+``hb.save_task_store``, 10⁵ at a time, then ``hb.open_task_store``: each step
+reads its B tasks from the files; the write is not timed). Each T runs
 in a fresh process so that its peak resident memory (``ru_maxrss``) is its own.
 The ELBO step is the one ``run_svi`` takes (hbmeta's model and mean-field
 guide, NumPyro's ``SVI.stable_update``), compiled once as a scan of
@@ -46,6 +49,15 @@ def one(num_tasks: int, store: str, subsample: int, chunk: int, repeats: int) ->
     family = hb.Sinusoid(num_support=5, num_query=10)
     if store == "generated":
         tasks = family.generated(jax.random.key(1), num_tasks)
+    elif store == "disk":
+        import os
+        import tempfile
+
+        gen = family.generated(jax.random.key(1), num_tasks)
+        parts = (gen.take(jax.numpy.arange(a, min(a + 10**5, num_tasks))) for a in range(0, num_tasks, 10**5))
+        tmp = tempfile.TemporaryDirectory()
+        tasks = hb.save_task_store(os.path.join(tmp.name, "store"), parts)
+        disk_mb = sum(os.path.getsize(os.path.join(tasks.directory, f)) for f in os.listdir(tasks.directory)) / 2**20
     else:
         tasks = family.sample(jax.random.key(1), num_tasks)
     jax.block_until_ready(tasks)
@@ -72,7 +84,7 @@ def one(num_tasks: int, store: str, subsample: int, chunk: int, repeats: int) ->
     assert np.isfinite(np.asarray(losses)).any()
     ms = 1e3 * float(np.median(walls)) / chunk
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    task_mb = sum(a.nbytes for a in jax.tree.leaves(tasks)) / 2**20
+    task_mb = disk_mb if store == "disk" else sum(a.nbytes for a in jax.tree.leaves(tasks)) / 2**20
     return {"tasks": num_tasks, "store": store, "ms_per_step": ms, "peak_rss_mb": rss, "tasks_mb": task_mb}
 
 
@@ -82,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--subsample", type=int, default=100, help="tasks per ELBO step (B)")
     p.add_argument("--chunk", type=int, default=200, help="ELBO steps per timed compiled call")
     p.add_argument("--repeats", type=int, default=5, help="timed calls (the median is reported)")
-    p.add_argument("--stores", nargs="+", default=["generated", "stored"], choices=["generated", "stored"])
+    p.add_argument("--stores", nargs="+", default=["generated", "stored", "disk"], choices=["generated", "stored", "disk"])
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--store", default="generated", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -100,7 +112,8 @@ def main(argv=None) -> int:
         base = rows[0]["ms_per_step"]
         print(f"\nSVI, mean-field, B = {a.subsample} tasks per step, sinusoid 1-40-40-1, tasks {store} "
               f"(baseline: T = {rows[0]['tasks']:,}, same run; target: ratio within 1.2)")
-        print(f"{'T':>10} {'ms/step':>9} {'ratio':>7} {'peak RSS MB':>12} {'task arrays MB':>15}")
+        what = "task files MB" if store == "disk" else "task arrays MB"
+        print(f"{'T':>10} {'ms/step':>9} {'ratio':>7} {'peak RSS MB':>12} {what:>15}")
         for r in rows:
             print(f"{r['tasks']:>10,} {r['ms_per_step']:>9.3f} {r['ms_per_step'] / base:>7.2f} "
                   f"{r['peak_rss_mb']:>12.0f} {r['tasks_mb']:>15.1f}")

@@ -21,7 +21,8 @@ import numpy as np
 from hbmeta.base.files import atomic_write
 from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.predict.metrics import calibration_curve, calibration_error, expected_calibration_error, reliability_curve
-from hbmeta.predict.predictive import Predictive, sample_predictive, summarize, with_query_inputs
+from hbmeta.predict.predictive import Predictive, sample_predictive, with_query_inputs
+from hbmeta.predict.summary import summarize
 from hbmeta.tasks.batch import TaskBatch
 
 __all__ = ["plot_calibration", "plot_predictive_band", "plot_rank", "plot_reliability", "plot_trace"]

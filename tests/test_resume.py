@@ -30,7 +30,9 @@ RUN = ["run", "linear", "--method", "svi", "maml.num_iterations=20000", "inferen
 
 
 def _start(argv, cwd, cache, kill_at=None):
-    env = dict(os.environ, CI="1", JAX_COMPILATION_CACHE_DIR=str(cache),  # quick compilation: the runs are small
+    # Quick compilation (the runs are small), and JAX's on-disk cache of compiled code: a resumed run reads what
+    # the killed run compiled. Runs that overlap in time get caches of their own (JAX's writes are not atomic).
+    env = dict(os.environ, CI="1", JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                XLA_FLAGS=" ".join(QUICK_COMPILE_FLAGS))
     proc = subprocess.Popen(HBMETA + argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -87,13 +89,13 @@ def test_a_run_killed_in_maml_training_and_in_svi_resumes_to_the_same_result(tmp
         err = capsys.readouterr().err
         assert err.startswith("hbmeta: error: ") and err.count("\n") == 1, err
     # resumed, then killed again half-way through SVI
-    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume", kill_at="SVI: 10000/20000")()
+    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-killed", kill_at="SVI: 10000/20000")()
     assert rc == -signal.SIGKILL, err
     assert f"meta-training: {done}/20000" in err and "resumed" in err  # it continued; it did not start again
     assert not (tmp_path / "killed").exists()
     _, partial = find_partial(tmp_path / "killed")  # the resumed run's own partial directory
     done = _checkpoint_done(partial, "svi")
-    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume-2")()
+    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-killed")()
     assert rc == 0, err
     assert "meta-training: 20000/20000 (100%)" in err and f"SVI: {done}/20000" in err
     assert err.count("resumed") == 2  # MAML from its final checkpoint, SVI from its last one
@@ -126,7 +128,7 @@ def test_a_run_killed_in_nuts_warm_up_resumes_to_the_same_result(tmp_path):
     with np.load(os.path.join(partial, "checkpoints", "nuts.npz")) as ck:
         done = int(ck["__done__"])
     assert 1600 <= done < 3000 and done % 200 == 0  # killed in warm-up, at most one chunk lost
-    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-resume")()
+    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-killed")()
     assert rc == 0, err
     assert f"NUTS: {done}/4000" in err and "resumed" in err
     rc, _, err = full()

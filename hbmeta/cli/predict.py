@@ -18,7 +18,8 @@ import numpy as np
 from hbmeta.cli.table_predict import predict_table
 from hbmeta.cli.userdata import read_query, read_support, write_csv
 from hbmeta.plots import plot_predictive_band
-from hbmeta.predict.predictive import sample_predictive, summarize, with_query_inputs
+from hbmeta.predict.predictive import sample_predictive, with_query_inputs
+from hbmeta.predict.summary import summarize
 from hbmeta.run import build as _build
 from hbmeta.run.rundir import load_run
 from hbmeta.tasks.batch import make_tasks

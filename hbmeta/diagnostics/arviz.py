@@ -19,6 +19,7 @@ import numpy as np
 
 from hbmeta.base.jax_checks import as_key
 from hbmeta.base.validate import check_type
+from hbmeta.diagnostics.loglik import task_log_likelihood
 from hbmeta.diagnostics.modes import mode_report, per_mode_diagnostics
 from hbmeta.inference import registry
 from hbmeta.model.posterior import Posterior
@@ -129,37 +130,6 @@ def _posterior_vars(posterior: Posterior, reference, key):
     return data, dims
 
 
-def _task_log_likelihood(pred: Predictive, tasks: TaskBatch, *, task_chunk: int = 16) -> np.ndarray:
-    """Σ over a task's (unmasked) query points of log p(y | φ̂ˢ_j): ``(chain, draw, task)``, in float64.
-
-    Computed ``task_chunk`` tasks at a time: the float64 temporaries take
-    about ``5 · 8 · C·S·task_chunk·M·o`` bytes whatever the number of tasks
-    (docs/scale.md, memory), beside the ``8 · C·S·T`` bytes of the result.
-    """
-    num_tasks = tasks.num_tasks
-    out = np.empty(tuple(pred.y.shape[:2]) + (num_tasks,))
-    mask = None if tasks.query_mask is None else np.asarray(tasks.query_mask, float)
-    for j in range(0, num_tasks, task_chunk):
-        part = slice(j, min(j + task_chunk, num_tasks))
-        y_all = np.asarray(tasks.y_query[part])
-        w = np.ones(y_all.shape[:2]) if mask is None else mask[part]
-        if pred.regression:
-            mu = np.asarray(pred.mean[:, :, part], np.float64)
-            sd = np.asarray(pred.noise, np.float64)
-            # (C, S) σˢ, or per point (task-level option)
-            sd = sd[:, :, None, None, None] if sd.ndim == 2 else sd[:, :, part]
-            y = y_all.astype(np.float64)
-            logp = -0.5 * np.log(2 * np.pi * sd**2) - 0.5 * np.square((y - mu) / sd)
-            per_point = np.sum(np.where(w[..., None] > 0, logp, 0.0), axis=-1)
-        else:
-            p = np.asarray(pred.probs[:, :, part], np.float64)
-            y = np.where(w > 0, y_all, 0)
-            py = np.take_along_axis(p, np.broadcast_to(y[..., None], p.shape[:-1] + (1,)), axis=-1)[..., 0]
-            per_point = np.where(w > 0, np.log(np.maximum(py, np.finfo(np.float64).tiny)), 0.0)
-        out[:, :, part] = np.sum(per_point * w, axis=-1)
-    return out
-
-
 def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predictive=None, key=None, devices=None):
     """ArviZ data of a posterior (any method) and the tasks it was fitted on.
 
@@ -205,6 +175,17 @@ def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predicti
     if not isinstance(predictive, Predictive) or predictive.y.shape[:4] != expected:
         got = getattr(getattr(predictive, "y", None), "shape", None)
         raise ValueError(f"predictive has y of shape {got}; expected a hbmeta.Predictive with leading shape {expected}")
+    fixed, coords, dims, attrs = _fixed_groups(posterior, tasks, reference, k_ref)
+    groups = {"posterior": fixed["posterior"], "sample_stats": fixed["sample_stats"],
+              "log_likelihood": {"y": task_log_likelihood(predictive, tasks)},
+              "posterior_predictive": {"y": predictive.y},
+              "observed_data": fixed["observed_data"], "constant_data": fixed["constant_data"]}
+    return _from_dict(groups, coords=coords, dims=dims, attrs=attrs)
+
+
+def _fixed_groups(posterior: Posterior, tasks: TaskBatch, reference, k_ref):
+    """Every group of :func:`to_arviz` but the two that grow with draws × tasks (the log-likelihood and the
+    predictive), with the coords, dims and attributes of all of them: ``(groups, coords, dims, attrs)``."""
     regression = posterior.spec.likelihood.regression
     post, dims = _posterior_vars(posterior, reference, k_ref)
     y_dims = ["task", "point", "output"] if regression else ["task", "point"]
@@ -222,7 +203,7 @@ def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predicti
     stats = {}
     for name, value in posterior.sample_stats.items():
         value = np.asarray(value)
-        if value.shape[:2] == expected[:2]:
+        if value.shape[:2] == (posterior.num_chains, posterior.num_draws):
             stats[_STAT_NAMES.get(name, name)] = -value if name == "potential_energy" else value
     constant = {"x_support": tasks.x_support, "y_support": tasks.y_support, "x_query": tasks.x_query}
     for name in ("support_mask", "query_mask"):
@@ -232,19 +213,14 @@ def to_arviz(posterior: Posterior, tasks: TaskBatch, *, reference=None, predicti
         constant.update(reference_x_support=reference.x_support, reference_y_support=reference.y_support,
                         reference_x=reference.x_query)
     settings = json.dumps(posterior.settings, default=str, sort_keys=True)
-    return _from_dict(
-        {
-            "posterior": post,
-            "sample_stats": stats,
-            "log_likelihood": {"y": _task_log_likelihood(predictive, tasks)},
-            "posterior_predictive": {"y": predictive.y},
-            "observed_data": {"y": np.asarray(tasks.y_query)},
-            "constant_data": {k: np.asarray(v) for k, v in constant.items()},
-        },
-        coords={"task": np.arange(tasks.num_tasks), "point": np.arange(tasks.x_query.shape[1])},
-        dims=dims,
-        attrs={"inference_library": "hbmeta", "method": posterior.method, "settings": settings},
-    )
+    groups = {
+        "posterior": post,
+        "sample_stats": stats,
+        "observed_data": {"y": np.asarray(tasks.y_query)},
+        "constant_data": {k: np.asarray(v) for k, v in constant.items()},
+    }
+    coords = {"task": np.arange(tasks.num_tasks), "point": np.arange(tasks.x_query.shape[1])}
+    return groups, coords, dims, {"inference_library": "hbmeta", "method": posterior.method, "settings": settings}
 
 
 def loo(idata, **kwargs):

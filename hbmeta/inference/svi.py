@@ -42,8 +42,8 @@ from hbmeta.inference.common import (
 )
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
-from hbmeta.tasks.generated import GeneratedTasks
 from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh, shard_inputs
+from hbmeta.tasks.store import LAZY_TASKS
 
 GUIDES = {
     "mean_field": AutoNormal,
@@ -128,8 +128,9 @@ def run_svi(
     Args:
         spec: the :class:`~hbmeta.ModelSpec`.
         tasks: the training :class:`~hbmeta.TaskBatch`, or a
-            :class:`~hbmeta.GeneratedTasks` (with ``subsample_size``: each step
-            generates the tasks it scores, so memory does not grow with T).
+            :class:`~hbmeta.GeneratedTasks` or :class:`~hbmeta.StoredTasks` (with
+            ``subsample_size``: each step generates, or reads from disk, the tasks
+            it scores, so neither memory nor the time per step grow with T).
         key: PRNG key (or int seed).
         guide: ``"mean_field"``, ``"low_rank"``, ``"full_rank"`` or ``"map"``.
         rank: the low-rank guide's rank (default NumPyro's, ≈ √P); only
@@ -183,9 +184,9 @@ def run_svi(
     check_positive("init_scale", init_scale)
     optimizer = check_optimizer(optimizer)
     check_tasks(spec, tasks, subsample_size=subsample_size, generated=True)
-    generated = isinstance(tasks, GeneratedTasks)
+    generated = isinstance(tasks, LAZY_TASKS)
     if generated and devices not in (None, 1):
-        raise ValueError(f"devices={devices!r} with GeneratedTasks; expected devices=None (generated tasks "
+        raise ValueError(f"devices={devices!r} with {type(tasks).__name__}; expected devices=None (such tasks "
                          "are made where the step runs; materialise them to split them over devices)")
     if subsample_size is not None and spec.explicit_tau is not None and guide in ("low_rank", "full_rank"):
         raise ValueError(

@@ -42,7 +42,7 @@ from hbmeta.base.validate import check_type
 from hbmeta.model.spec import ModelSpec
 from hbmeta.model.task_linearised import query_gaussian_one
 from hbmeta.tasks.batch import TaskBatch
-from hbmeta.tasks.generated import GeneratedTasks
+from hbmeta.tasks.store import LAZY_TASKS
 
 
 def _concrete(a):
@@ -58,20 +58,21 @@ def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None, generated: bool 
 
     Shapes and dtypes are checked always (they are static even under ``jit``);
     the class-label range only when the labels are concrete arrays.
-    A :class:`~hbmeta.GeneratedTasks` is accepted only with ``generated=True``
-    and a ``subsample_size`` (its tasks exist only when a step takes them).
+    A :class:`~hbmeta.GeneratedTasks` or :class:`~hbmeta.StoredTasks` is accepted only with
+    ``generated=True`` and a ``subsample_size`` (its tasks are made or read only when a step takes them).
     """
     check_type("spec", spec, ModelSpec)
-    if isinstance(tasks, GeneratedTasks):
+    if isinstance(tasks, LAZY_TASKS):
+        kind = type(tasks).__name__
         if not generated:
             raise ValueError(
-                "tasks is a GeneratedTasks; expected a TaskBatch here (run_svi with subsample_size and "
-                "train_maml take generated tasks; tasks.materialise() gives a TaskBatch)"
+                f"tasks is a {kind}; expected a TaskBatch here (run_svi with subsample_size and "
+                f"train_maml take {kind}; tasks.materialise() gives a TaskBatch)"
             )
         if subsample_size is None:
             raise ValueError(
-                "tasks is a GeneratedTasks with subsample_size=None; expected a subsample_size (each step "
-                "generates only the tasks it scores)"
+                f"tasks is a {kind} with subsample_size=None; expected a subsample_size (each step "
+                "makes or reads only the tasks it scores)"
             )
     else:
         check_type("tasks", tasks, TaskBatch, hint=" (see hbmeta.make_tasks)")
@@ -79,7 +80,7 @@ def check_tasks(spec: ModelSpec, tasks, *, subsample_size=None, generated: bool 
     if subsample_size is not None:
         if int(subsample_size) != subsample_size or not 1 <= subsample_size <= num_tasks:
             raise ValueError(f"subsample_size={subsample_size!r}; expected an integer in [1, {num_tasks}] (the tasks)")
-    if isinstance(tasks, GeneratedTasks):
+    if isinstance(tasks, LAZY_TASKS):
         tasks = tasks.take(jnp.zeros(1, jnp.int32))  # one task: its shapes and dtypes are those of every task
     regression = spec.likelihood.regression
     sides = [("query", tasks.x_query, tasks.y_query)]

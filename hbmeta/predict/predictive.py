@@ -32,7 +32,6 @@ from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.model.posterior import Posterior
 from hbmeta.model.task_linearised import predictive_one
-from hbmeta.predict.mixture import pit
 from hbmeta.tasks.batch import TaskBatch
 from hbmeta.tasks.sharding import resolve_mesh, task_sharding, to_host
 
@@ -74,30 +73,6 @@ class Predictive(NamedTuple):
     @property
     def num_draws(self) -> int:
         return int(self.y.shape[1])
-
-
-class PredictiveSummary(NamedTuple):
-    """Summaries over draws of a :class:`Predictive`, per task and point.
-
-    - ``mean``: predictive mean, ``(T, M, o)`` (regression) or the mean class
-      probabilities ``(T, M, k)`` (classification).
-    - ``sd``: predictive standard deviation: ``sqrt(Var_s μˢ + mean_s σˢ²)``,
-      the mixture's, for regression; the spread of pˢ over draws for classification.
-    - ``intervals``: dict level → ``(lo, hi)``: central intervals of the full
-      predictive, the mixture's exact quantiles (noise included) for
-      regression; of pˢ over draws for classification.
-    - ``mean_intervals``: dict level → ``(lo, hi)`` of μˢ over draws (the band
-      of adapted functions, without noise); None for classification.
-    - ``probs``: mean class probabilities ``(T, M, k)`` (classification) else None.
-    - ``label``: most probable class ``(T, M)`` (classification) else None.
-    """
-
-    mean: np.ndarray
-    sd: np.ndarray
-    intervals: dict
-    mean_intervals: Any
-    probs: Any
-    label: Any
 
 
 def _check_inputs(posterior, tasks):
@@ -279,13 +254,85 @@ def sample_predictive(
         >>> hb.sample_predictive(post, tasks, key=jax.random.key(3)).mean.shape
         (2, 5, 3, 10, 1)
     """
+    blocks = predictive_blocks(posterior, tasks, key=key, draw_chunk=draw_chunk, task_chunk=task_chunk,
+                               return_params=return_params, devices=devices)
+    spec, regression = posterior.spec, blocks.regression
+    C, S = posterior.num_chains, posterior.num_draws
+    N, T, M = C * S, tasks.num_tasks, tasks.x_query.shape[1]
+    check_memory(predictive_bytes(N, T, blocks.out_shape) + (4.0 * N * T * spec.num_params if return_params else 0.0),
+                 what=f"the predictive ({N} draws × {T} tasks × {M} query points"
+                      f"{', with the adapted parameters' if return_params else ''})",
+                 lower="the number of draws or tasks (or pass fewer query points)")
+    first_out = y_out = phi_out = sd_out = None
+    for b in blocks:
+        if first_out is None:
+            first_out = np.empty((N, T) + b.first.shape[2:], b.first.dtype)
+            y_out = np.empty((N, T) + b.y.shape[2:], b.y.dtype)
+            phi_out = None if b.params is None else np.empty((N, T, b.params.shape[-1]), b.params.dtype)
+            sd_out = None if b.sd is None else np.empty((N, T) + b.sd.shape[2:], b.sd.dtype)
+        first_out[b.draws, b.tasks] = b.first
+        y_out[b.draws, b.tasks] = b.y
+        if phi_out is not None:
+            phi_out[b.draws, b.tasks] = b.params
+        if sd_out is not None:
+            sd_out[b.draws, b.tasks] = b.sd
+    shape = (C, S, T, M)
+    first_out = first_out.reshape(shape + first_out.shape[3:])
+    y_out = y_out.reshape(shape + y_out.shape[3:])
+    params = _unravel_batch(spec, phi_out.reshape((C, S, T, -1))) if return_params else None
+    noise = blocks.sigma.reshape(C, S) if regression else None
+    if sd_out is not None:
+        noise = sd_out.reshape(shape + sd_out.shape[3:])
+    mask = None if tasks.query_mask is None else np.asarray(tasks.query_mask)
+    if regression:
+        return Predictive(first_out, None, y_out, noise, params, mask)
+    return Predictive(None, first_out, y_out, None, params, mask)
+
+
+class Block(NamedTuple):
+    """One block of the predictive on the host: flat draws ``draws`` (index ``c·S + s``) × tasks ``tasks``.
+
+    ``first`` is μ (regression) or p (classification), ``y`` the sampled targets, ``params`` the flat adapted
+    parameters (or None), ``sd`` the per-point sd of the task-level option (or None); each has leading axes
+    ``(len(draws), len(tasks))``.
+    """
+
+    draws: slice
+    tasks: slice
+    first: Any
+    y: Any
+    params: Any
+    sd: Any
+
+
+class PredictiveBlocks:
+    """An iterator over the :class:`Block` s of a predictive, set up (and the inputs checked) when created.
+
+    Attributes: ``regression``, ``out_shape`` (one task's output, ``(M, o)`` or ``(M, k)``), ``sigma`` (σˢ per
+    flat draw, ``(C·S,)``). Iterate it once.
+    """
+
+    def __init__(self, steps, *, regression, out_shape, sigma):
+        self._steps, self.regression, self.out_shape, self.sigma = steps, regression, out_shape, sigma
+
+    def __iter__(self):
+        return self._steps
+
+
+def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk: int = 64, task_chunk: int = 32,
+                      return_params: bool = False, devices=None) -> PredictiveBlocks:
+    """:func:`sample_predictive` one block at a time (≤ ``draw_chunk`` flat draws × ≤ ``task_chunk`` tasks).
+
+    The blocks hold exactly the values :func:`sample_predictive` returns at their positions (same keys), so a
+    consumer can write or reduce a predictive far larger than memory; the next block is computed while the
+    last one is handed over. Arguments as :func:`sample_predictive`; no memory check (nothing is kept).
+    """
     regression = _check_inputs(posterior, tasks)
     key = as_key(key)
     draw_chunk = check_positive_int("draw_chunk", draw_chunk)
     task_chunk = check_positive_int("task_chunk", task_chunk)
     spec = posterior.spec
-    C, S = posterior.num_chains, posterior.num_draws
-    N, T, M = C * S, tasks.num_tasks, tasks.x_query.shape[1]
+    N, T = posterior.num_chains * posterior.num_draws, tasks.num_tasks
     flat = np.asarray(posterior.samples["theta"]).reshape(N, -1)
     has_alpha = "step_size" in posterior.samples
     alpha = np.asarray(posterior.samples["step_size"]).reshape(N) if has_alpha else np.ones(N, flat.dtype)
@@ -302,58 +349,32 @@ def sample_predictive(
         noise_axis = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh.axis_names[0]))
         put = lambda a, axis=0: jax.device_put(a, task_axis if axis == 0 else noise_axis)
     n_pad, t_pad = -(-N // D) * D, -(-T // B) * B
-    flat, alpha, sigma, tau = (_pad(a, n_pad) for a in (flat, alpha, sigma, tau))
+    padded = [_pad(a, n_pad) for a in (flat, alpha, sigma, tau)]
     fields = (*tasks.support(), tasks.x_query, tasks.query_mask)
     data = [None if a is None else _pad(np.asarray(a), t_pad) for a in fields]
     run = _kernel(spec, regression=regression, has_alpha=has_alpha, want_params=return_params)
     out_shape = tuple(jax.eval_shape(spec.rule.apply, spec.params, tasks.x_query[0]).shape)
-    check_memory(predictive_bytes(N, T, out_shape) + (4.0 * N * T * spec.num_params if return_params else 0.0),
-                 what=f"the predictive ({N} draws × {T} tasks × {M} query points"
-                      f"{', with the adapted parameters' if return_params else ''})",
-                 lower="the number of draws or tasks (or pass fewer query points)")
 
-    first_out, y_out, phi_out, sd_out = None, None, None, None
-
-    def store(i, j, res):
-        nonlocal first_out, y_out, phi_out, sd_out
+    def finish(i, j, res):
         first, y, phi, sd = to_host(res)
-        if first_out is None:
-            first_out = np.full((N, T) + first.shape[2:], np.nan, first.dtype)
-            y_out = np.empty((N, T) + y.shape[2:], y.dtype)
-            if return_params:
-                phi_out = np.empty((N, T, phi.shape[-1]), phi.dtype)
-            if sd is not None:
-                sd_out = np.empty((N, T) + sd.shape[2:], sd.dtype)
-        nd, nt = min(D, N - i), min(B, T - j)
-        first_out[i : i + nd, j : j + nt] = first[:nd, :nt]
-        y_out[i : i + nd, j : j + nt] = y[:nd, :nt]
-        if return_params:
-            phi_out[i : i + nd, j : j + nt] = phi[:nd, :nt]
-        if sd is not None:
-            sd_out[i : i + nd, j : j + nt] = sd[:nd, :nt]
+        rows, cols = slice(i, min(i + D, N)), slice(j, min(j + B, T))
+        n, m = rows.stop - i, cols.stop - j
+        cut = lambda a: None if a is None else a[:n, :m]
+        return Block(rows, cols, cut(first), cut(y), cut(phi), cut(sd))
 
-    pending = None
-    for i in range(0, n_pad, D):
-        for j in range(0, t_pad, B):
-            args = [None if a is None else put(a[j : j + B]) for a in data]
-            eps = put(_noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression), 1)
-            res = run(eps, flat[i : i + D], alpha[i : i + D], sigma[i : i + D], tau[i : i + D], *args)
-            if pending is not None:
-                store(*pending)
-            pending = (i, j, res)
-    store(*pending)
+    def steps():
+        pending = None
+        for i in range(0, n_pad, D):
+            for j in range(0, t_pad, B):
+                args = [None if a is None else put(a[j : j + B]) for a in data]
+                eps = put(_noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression), 1)
+                res = run(eps, *(a[i : i + D] for a in padded), *args)
+                if pending is not None:
+                    yield finish(*pending)
+                pending = (i, j, res)
+        yield finish(*pending)
 
-    shape = (C, S, T, M)
-    first_out = first_out.reshape(shape + first_out.shape[3:])
-    y_out = y_out.reshape(shape + y_out.shape[3:])
-    params = _unravel_batch(spec, phi_out.reshape((C, S, T, -1))) if return_params else None
-    noise = sigma[:N].reshape(C, S) if regression else None
-    if sd_out is not None:
-        noise = sd_out.reshape(shape + sd_out.shape[3:])
-    mask = None if tasks.query_mask is None else np.asarray(tasks.query_mask)
-    if regression:
-        return Predictive(first_out, None, y_out, noise, params, mask)
-    return Predictive(None, first_out, y_out, None, params, mask)
+    return PredictiveBlocks(steps(), regression=regression, out_shape=out_shape, sigma=sigma)
 
 
 def _tau_draws(posterior, n):
@@ -391,61 +412,3 @@ def with_query_inputs(tasks: TaskBatch, x) -> TaskBatch:
     else:
         y = jnp.zeros(x.shape[:2], tasks.y_support.dtype)
     return TaskBatch(tasks.x_support, tasks.y_support, x, y, tasks.support_mask, None)
-
-
-@jax.jit
-def _mixture_quantile(mu, sd, q):
-    """The q-quantile of (1/N) Σ_s N(μ_s, σ_s²) per point, by 60 bisection steps: mu ``(N, ...)``, sd (N,) or as mu."""
-    sd = jnp.reshape(sd, (-1,) + (1,) * (mu.ndim - 1)) if sd.ndim == 1 else sd
-    lo = jnp.min(mu - 10 * sd, axis=0)
-    hi = jnp.max(mu + 10 * sd, axis=0)
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        below = pit(mu, sd, mid) < q
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
-    return 0.5 * (lo + hi)
-
-
-def summarize(predictive: Predictive, *, levels=(0.5, 0.9)) -> PredictiveSummary:
-    """Mean, standard deviation and central intervals per task and point.
-
-    Regression intervals are the exact quantiles ``(1 ∓ l)/2`` of the mixture
-    (1/S) Σ_s N(μˢ, σˢ²) (found by bisection on its CDF), so they are right
-    even with few draws (a single MAML draw gives μ ± z σ); ``mean_intervals``
-    are quantiles of μˢ alone over draws. σˢ is one value per draw or, with
-    the task-level option, one per draw and point.
-
-    Example:
-        >>> import numpy as np
-        >>> p = Predictive(np.zeros((1, 1, 1, 2, 1)), None, np.zeros((1, 1, 1, 2, 1)), np.ones((1, 1)), None, None)
-        >>> lo, hi = summarize(p, levels=(0.9,)).intervals[0.9]
-        >>> round(float(hi[0, 0, 0]), 3)
-        1.645
-    """
-    check_type("predictive", predictive, Predictive)
-    levels = tuple(float(level) for level in levels)
-    if not levels or not all(0.0 < level < 1.0 for level in levels):
-        raise ValueError(f"levels={levels!r}; expected one or more levels strictly between 0 and 1")
-    if predictive.regression:
-        mu = np.asarray(predictive.mean)
-        mu = mu.reshape((-1,) + mu.shape[2:])
-        sigma = np.asarray(predictive.noise)
-        sigma = sigma.reshape((-1,) + sigma.shape[2:])  # (N,) σˢ, or (N, T, M, o) per-point sd (task-level)
-        mean = mu.mean(axis=0)
-        var = mu.var(axis=0) + np.mean(sigma**2, axis=0)
-        intervals, mean_intervals = {}, {}
-        for level in levels:
-            lo, hi = (1 - level) / 2, (1 + level) / 2
-            intervals[level] = tuple(np.asarray(_mixture_quantile(mu, sigma.astype(mu.dtype), q)) for q in (lo, hi))
-            mean_intervals[level] = tuple(np.quantile(mu, [lo, hi], axis=0))
-        return PredictiveSummary(mean, np.sqrt(var), intervals, mean_intervals, None, None)
-    p = np.asarray(predictive.probs)
-    p = p.reshape((-1,) + p.shape[2:])
-    mean = p.mean(axis=0)
-    intervals = {lv: tuple(np.quantile(p, [(1 - lv) / 2, (1 + lv) / 2], axis=0)) for lv in levels}
-    label = np.where(np.isnan(mean).any(axis=-1), -1, np.argmax(np.nan_to_num(mean, nan=-1.0), axis=-1))
-    return PredictiveSummary(mean, p.std(axis=0), intervals, None, mean, label)

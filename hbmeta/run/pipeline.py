@@ -31,8 +31,8 @@ from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
 from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_type
-from hbmeta.diagnostics.arviz import diagnose, to_arviz
-from hbmeta.diagnostics.netcdf import save_netcdf
+from hbmeta.diagnostics.arviz import diagnose
+from hbmeta.diagnostics.netcdf import to_netcdf
 from hbmeta.distributed import is_main_process
 from hbmeta.inference.chains import default_chunk_size
 from hbmeta.inference.dispatch import infer, maml_posterior
@@ -102,15 +102,17 @@ def _expected_draws(method: str, settings: dict) -> int | None:
     return None
 
 
-def _check_predictive_memory(method, settings, test, train, params, network, *, compare: bool) -> None:
+def _check_predictive_memory(method, settings, test, params, network, *, compare: bool) -> None:
     """``MemoryLimitError`` before any work when the held-out predictive (and LOO's) will not fit in memory."""
     draws = _expected_draws(method, settings)
     if draws is None:
         return
-    # the method's predictive (plus MAML's, one draw, beside it) on the larger of the held-out and training sets
+    # the method's predictive (plus MAML's, one draw, beside it) on the held-out tasks, kept for the metrics;
+    # the training tasks' predictive (posterior.nc) is written block by block, never held (to_netcdf)
+    if test is None:
+        return
     n = draws + (1 if compare and method != "maml" else 0)
-    need = max(predictive_bytes(n, t.num_tasks, jax.eval_shape(network.apply, params, t.x_query[0]).shape)
-               for t in (test, train))
+    need = predictive_bytes(n, test.num_tasks, jax.eval_shape(network.apply, params, test.x_query[0]).shape)
     check_memory(need, what=f"the held-out predictive ({draws} draws × {test.num_tasks} tasks × "
                             f"{test.x_query.shape[1]} query points)",
                  lower="the number of posterior draws (num_samples, num_draws, num_particles) or tasks.num_test")
@@ -179,7 +181,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         theta0 = _build.initial_params(eff, objects.network, keys["init"],
                                        input_dim=None if data is None else data.input_dim)
         if evaluate_held_out:  # the predictive's memory, checked now rather than after the fit
-            _check_predictive_memory(method, objects.method_settings, test, train, theta0, objects.network,
+            _check_predictive_memory(method, objects.method_settings, test, theta0, objects.network,
                                      compare=eff.evaluation.compare_maml)
 
         stages.start("maml", f"meta-training MAML ({eff.maml.num_iterations} iterations, "
@@ -302,11 +304,11 @@ def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, te
     writer.write_arrays("maml_losses.npz", losses=maml.losses)
     reference = _reference(test if test is not None else train)
     k1, k2 = jax.random.split(keys["arviz"])
-    idata = to_arviz(post, train, reference=reference, key=k1, devices=devices)
-    save_netcdf(idata, writer.path("posterior.nc"))
+    # written block by block: the predictive and the per-task log-likelihood are never held whole (the
+    # held-out predictive, already in memory for the metrics, is read block by block, not copied)
+    idata = to_netcdf(post, train, writer.path("posterior.nc"), reference=reference, key=k1, devices=devices)
     if test is not None:
-        save_netcdf(to_arviz(post, test, predictive=predictives[objects.method], key=k2, devices=devices),
-                    writer.path("heldout.nc"))
+        to_netcdf(post, test, writer.path("heldout.nc"), predictive=predictives[objects.method], key=k2)
     if post.num_chains * post.num_draws >= 2:
         diagnosis = diagnose(idata, warn=False)
         summary = diagnosis.summary
