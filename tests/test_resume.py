@@ -225,6 +225,34 @@ def test_mcmc_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_path, k
         infer(spec, tasks, **{**kw, "num_chains": 3}, checkpoint=Checkpointer(path))
 
 
+def test_mclmc_resumed_in_sampling_equals_one_uninterrupted_run(tmp_path):
+    """MCLMC (blackjax) from an ensemble, stopped after 2 of 4 sampling chunks, resumes (from its saved tuned
+    chains: the tuning is not repeated, and from its draws so far) to the uninterrupted draws, bit for bit."""
+    pytest.importorskip("blackjax")  # MCLMC's optional dependency (in the test extra)
+    from hbmeta import run_ensemble, run_mclmc
+
+    spec = ModelSpec(GradientSteps(linear().apply, step_size=0.1), {"w": jnp.zeros(2)},
+                     likelihood=NormalLikelihood(noise=0.5))
+    tasks = LinearGaussian(dim=2).sample(jax.random.key(0), 10)
+    ens = run_ensemble(spec, tasks, key=2, num_members=2, init=lambda k: {"w": jax.random.normal(k, (2,))},
+                       num_iterations=20, meta_batch_size=4, holdout="none", progress=False)
+    kw = dict(key=3, init=ens, num_samples=8, thinning=2, num_tuning_steps=30, chunk_size=2, progress=False)
+    whole = run_mclmc(spec, tasks, **kw)
+    path = tmp_path / "mclmc.npz"
+    with pytest.raises(_Killed):
+        run_mclmc(spec, tasks, **kw, checkpoint=_KilledAfter(path, 2))
+    with np.load(path) as ck:
+        assert int(ck["__done__"]) == 4
+    assert (tmp_path / "mclmc-tuned.npz").is_file()
+    resumed = run_mclmc(spec, tasks, **kw, checkpoint=Checkpointer(path))
+    np.testing.assert_array_equal(resumed.samples["theta"], whole.samples["theta"])
+    np.testing.assert_array_equal(resumed.sample_stats["energy_change"], whole.sample_stats["energy_change"])
+    np.testing.assert_array_equal(resumed.info["step_size"], whole.info["step_size"])
+    assert whole.samples["theta"].shape == (4, 8, 2) and np.ptp(whole.samples["theta"][:, :, 0]) > 0
+    with pytest.raises(BadFileError, match="mclmc-tuned.npz: state array .* expected"):
+        run_mclmc(spec, tasks, **{**kw, "chains_per_member": 3}, checkpoint=Checkpointer(path))
+
+
 def test_resume_refuses_a_complete_run_and_nothing(tmp_path):
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "run.json").write_text("{}")

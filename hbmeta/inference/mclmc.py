@@ -22,6 +22,7 @@ blackjax is an optional dependency (``pip install hbmeta[mclmc]``).
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 
@@ -32,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer import init_to_value
 from numpyro.infer.util import initialize_model
 
+from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.jax_checks import as_key
 from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_int, check_positive, check_type
@@ -76,6 +78,7 @@ def run_mclmc(
     initial_step_size: float = 1e-3,
     initial_L: float = 1.0,
     chunk_size: int = 50,
+    checkpoint=None,
     progress: bool = True,
 ) -> Posterior:
     """Sample the posterior over θ with MCLMC, ``chains_per_member`` chains from each ensemble member.
@@ -96,6 +99,13 @@ def run_mclmc(
         initial_step_size, initial_L: where the tuning starts (blackjax's
             default ``sqrt(dim)`` is far too large for a network's weights).
         chunk_size: kept draws per compiled chunk (progress between chunks).
+        checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: the tuned
+            chains (state, step size and L) are saved beside it
+            (``<name>-tuned.npz``) when tuning ends, and every chain's state,
+            key and draws so far after every chunk of sampling. Called again
+            with the same arguments and checkpoint, it continues from the last
+            save (tuning, if done, is not repeated) and ends bit for bit where
+            an uninterrupted run ends; at most one chunk (or the tuning) is lost.
         progress: show progress on standard error.
 
     Returns:
@@ -159,7 +169,18 @@ def run_mclmc(
             diagonal_preconditioning=False, frac_tune3=0.0, params=params0)
         return state, params
 
-    states, params = jax.vmap(tune)(u0, jax.random.split(k_init, num_chains), jax.random.split(k_tune, num_chains))
+    tune_args = (u0, jax.random.split(k_init, num_chains), jax.random.split(k_tune, num_chains))
+    tuned_ck = None if checkpoint is None else Checkpointer(os.path.splitext(checkpoint.path)[0] + "-tuned.npz")
+    restored = None
+    if tuned_ck is not None:  # the tuned chains of an interrupted run, checked against this run's shapes
+        like = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(jax.vmap(tune), *tune_args))
+        restored = tuned_ck.restore(like)
+    if restored is None:
+        states, params = jax.vmap(tune)(*tune_args)
+        if tuned_ck is not None:
+            tuned_ck.maybe_save((states, params), 0, np.zeros(0, np.float32), final=True)
+    else:
+        (states, params), _, _ = restored
 
     def one_chain(state, params, chain_key, n):
         step = partial(kernel, logdensity_fn=logdensity, inverse_mass_matrix=params.inverse_mass_matrix,
@@ -177,22 +198,19 @@ def run_mclmc(
 
     @partial(jax.jit, static_argnums=1)
     def run(carry, n):
+        """``n`` kept draws of every chain: values ``(n, chains, dim + 1)``, the position and |energy change|."""
         states, k = carry
         k, sub = jax.random.split(k)
         states, out = jax.vmap(lambda s, p, c: one_chain(s, p, c, n))(states, params, jax.random.split(sub, num_chains))
-        return (states, k), jnp.swapaxes(out[0], 0, 1), jnp.swapaxes(out[1], 0, 1)
+        values = jnp.concatenate([out[0], out[1][..., None].astype(out[0].dtype)], axis=-1)
+        return (states, k), jnp.swapaxes(values, 0, 1)
 
-    kept = []
-
-    def chunk(carry, n):
-        carry, positions, energy = run(carry, n)
-        kept.append(positions)
-        return carry, energy
-
-    _, energy = run_in_chunks(chunk, (states, k_run), num_samples, chunk_size=chunk_size,
+    _, values = run_in_chunks(run, (states, k_run), num_samples, chunk_size=chunk_size,
                               label=f"MCLMC ({num_chains} chains from {num_chains // chains_per_member} members)",
-                              progress=progress, describe=lambda e: f"max |energy change| {float(np.max(e)):.3g}")
-    positions = jnp.swapaxes(jnp.concatenate(kept), 0, 1)  # (chains, draws, dim)
+                              progress=progress, checkpoint=checkpoint,
+                              describe=lambda v: f"max |energy change| {float(np.max(v[..., -1])):.3g}")
+    energy = values[..., -1]
+    positions = jnp.swapaxes(jnp.asarray(values[..., :-1]), 0, 1)  # (chains, draws, dim)
     draws = jax.vmap(jax.vmap(lambda u: {n: transforms[n](v) for n, v in unravel(u).items()}))(positions)
     jax.block_until_ready(draws)
     wall = time.perf_counter() - start
