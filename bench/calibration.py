@@ -20,8 +20,10 @@ Methods (every Bayesian one started at MAML's θ, or at the ensemble's members):
   posterior fitted by type-II maximum likelihood on that block.
 - ``ensemble``: 8 MAML solutions (:func:`hbmeta.run_ensemble`, σ from
   held-out blocks). ``ensemble+task``: the same members, τ_m and σ_m fitted on
-  each member's held-out tasks and scaled for the mixture
-  (:mod:`hbmeta.inference.holdout`).
+  each member's held-out tasks and scaled for the mixture, each member's
+  predictive a variance-preserving scale mixture of 8 Gaussians whose ν is
+  chosen on the same held-out tasks (:mod:`hbmeta.inference.holdout`;
+  ``--gaussian-tails``: one Gaussian per member, as before).
 - ``svi``: mean-field SVI (2,000 steps); ``svi+task``: the task-level model
   (τ, σ latent sites) by mean-field SVI (300 steps: one gradient of that model
   costs about 80 times the plain one).
@@ -232,10 +234,15 @@ def run_config(name, num_tasks, args, cfg):
             ens, secs = ensemble()
             if method == "ensemble":
                 return ens, secs, False, None
-            scale = holdout_task_scale(spec_task, ens.samples["theta"][:, 0], train, ens.info["holdout_index"])
-            samples = {"theta": ens.samples["theta"], "tau": scale.tau[:, None].astype(np.float32)}
+            scale = holdout_task_scale(spec_task, ens.samples["theta"][:, 0], train, ens.info["holdout_index"],
+                                       tails=not args.gaussian_tails)
+            root = np.sqrt(np.asarray(scale.tail_nodes, np.float32))  # one draw per node of the scale mixture
+            samples = {"theta": np.repeat(np.asarray(ens.samples["theta"]), len(root), axis=1),
+                       "tau": (scale.tau[:, None] * root).astype(np.float32)}
             if regression:
-                samples["noise"] = scale.noise[:, None].astype(np.float32)
+                samples["noise"] = (scale.noise[:, None] * root).astype(np.float32)
+            print(f"{name}:{num_tasks} ensemble+task: scale c = {scale.scale:.3f}, tails ν = {scale.tail_dof}",
+                  flush=True)
             post = hb.Posterior(samples, spec_task, "ensemble", ens.settings, info={"scale": scale._asdict()})
             return post, secs + time.perf_counter() - t, False, None
         start = hb.maml_posterior(spec, maml.params, train)
@@ -326,6 +333,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes (about a minute)")
     parser.add_argument("--runs", nargs="+", default=None, help=f"family:|T| pairs (default: {' '.join(RUNS)})")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--gaussian-tails", action="store_true",
+                        help="ensemble+task with one Gaussian per member (the predictive before the fitted tails)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the held-out seed is fixed)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON lines here")
     parser.add_argument("--progress", action="store_true", help="show progress of long stages")

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 
-import jax
 import numpy as np
 import pytest
 
@@ -101,7 +100,8 @@ class _Jobs:
              ("linear_again", ["run", "linear/config.toml", "-q", "--out", "linear_again"]),
              ("fit", ["fit", "linear", *q, "--method", "maml", "--tasks", "tasks.npz", "--out", "fit"]),
              ("blobs", ["run", "blobs", *q, "--out", "blobs"])],
-            [("sinusoid_line", ["run", "sinusoid_line", *q, "--out", "sinusoid_line"])],
+            # its model file runs the ensemble, as the default does; here NUTS, for the samplers' diagnostics
+            [("sinusoid_line", ["run", "sinusoid_line", *q, "--method", "nuts", "--out", "sinusoid_line"])],
         ]
         self.grouped = {}
         for i, group in enumerate(groups):  # one cache per process: concurrent writers never share one
@@ -172,14 +172,18 @@ def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
     base, out, err = _finished(jobs, name)
     run = _run_dir(base, name)
     files = set(os.listdir(run))
+    method = "ensemble" if name in ("sinusoid", "blobs") else "nuts"  # as their model files say
     expected = RUN_FILES | ({"calibration.png"} if name != "blobs" else {"reliability.png"})
+    if method == "ensemble":
+        expected -= {"rank.png"}  # one draw per member: no chains to rank
     if name in ("sinusoid", "sinusoid_line"):
         expected |= {"predictive.png", "predictive_maml.png"}
     assert expected <= files, expected - files
     marker = json.loads((run / "run.json").read_text())
-    assert marker["complete"] and set(marker["files"]) == files and marker["method"] == "nuts"
+    assert marker["complete"] and set(marker["files"]) == files and marker["method"] == method
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["held_out"]) == {"nuts", "maml"} and metrics["toy"] is True
+    assert set(metrics["held_out"]) == {method, "maml"} and metrics["toy"] is True
+    assert metrics["task_posterior"] == ("adapted" if method == "ensemble" else "off")
     for scores in metrics["held_out"].values():
         if name == "blobs":
             assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["ece"] <= 1 and 0 <= scores["brier"] <= 2
@@ -190,16 +194,24 @@ def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
     # the final table and the file list are printed; the written config is the resolved one
     assert "held-out metric" in out and "files in" in out and "config.toml" in out
     cfg = load_config(str(run / "config.toml"))
-    assert cfg == load_config(name, ["run.progress=false"], toy=True)
+    assert cfg == load_config(name, ["run.progress=false"], toy=True, method=method)
     idata = hb.load_netcdf(run / "posterior.nc")
-    assert dict(idata.log_likelihood["y"].sizes) == {"chain": 2, "draw": 10, "task": 8}
+    chains, draws = 2, 10  # toy sizes: 2 chains × 10 draws, or 4 members × the nodes of their tails
+    if method == "ensemble":
+        fold = metrics.get("holdout_fit")
+        chains, draws = 4, 1 if fold is None or fold["tail_dof"] is None else 8
+        assert (fold is not None) == (name == "sinusoid")  # regression: σ, τ and the tails fitted on the folds
+        if fold is not None:
+            assert set(fold["tail_scores"]) == {"2.5", "3.0", "4.0", "6.0", "10.0", "30.0", "inf"}
+    assert dict(idata.log_likelihood["y"].sizes) == {"chain": chains, "draw": draws, "task": 8}
     held = hb.load_netcdf(run / "heldout.nc")
     assert held.observed_data["y"].shape[0] == 8  # the held-out tasks are in it too
 
 
 def test_no_argument_runs_the_sinusoid_model(jobs):
     base, out, _ = _finished(jobs, "sinusoid")
-    assert out.startswith("hbmeta: sinusoid with nuts: 1761 parameters, 8 training tasks (toy size)")
+    assert out.startswith("hbmeta: sinusoid with ensemble and task-level posteriors (adapted): 1761 parameters, "
+                          "8 training tasks (toy size)")
 
 
 def test_linear_reports_the_distance_to_the_exact_posterior_and_reruns_identically(jobs):
@@ -252,16 +264,20 @@ def test_predict_on_a_csv_support_set_matches_the_adapted_draws(jobs, tmp_path, 
     table = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
     assert np.all(table["lo_90"] < table["lo_50"]) and np.all(table["lo_50"] < table["hi_50"])
     assert np.all(table["hi_50"] < table["hi_90"]) and np.all(table["sd"] > 0)
-    # the mean is the average over posterior draws of the model adapted to the support set
+    # the mean is the average over the members of each one's linearised task-level predictive mean
+    # given the support set (φ_j ~ N(φ̂_j, τ_m²I) conditioned on S_j), and the sd covers the members' σ_m
     loaded = hb.load_run(run)
+    assert loaded.spec.task_posterior is not None and loaded.posterior.method == "ensemble"
     xs = np.array([[-3.0], [-1.2], [0.5], [2.2], [4.0]], np.float32)
     ys = np.array([[0.8], [-1.9], [-2.4], [0.3], [2.1]], np.float32)
-    rule = loaded.spec.rule
-    thetas = loaded.posterior.theta()
-    flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), thetas)
     xq = table["x"].astype(np.float32)[:, None]
-    preds = jax.vmap(lambda p: rule.apply(rule(p, xs, ys), xq))(flat)
-    np.testing.assert_allclose(table["mean"], np.asarray(preds).mean(axis=0)[:, 0], rtol=1e-4, atol=1e-4)
+    mine = hb.make_tasks(xs[None], ys[None], xq[None], np.zeros((1, len(xq), 1), np.float32))
+    post = loaded.posterior
+    thetas, taus, sigmas = post.flat("theta"), post.flat("tau"), post.flat("noise")
+    means = [hb.task_predictive(loaded.spec, thetas[m], mine, tau=float(taus[m]), noise=float(sigmas[m])).mean
+             for m in range(len(thetas))]
+    np.testing.assert_allclose(table["mean"], np.mean(np.asarray(means), axis=0)[0, :, 0], rtol=1e-4, atol=1e-4)
+    assert np.all(table["sd"] >= np.min(sigmas) * (1 - 1e-5))
     assert (tmp_path / "band.png").read_bytes()[:4] == b"\x89PNG"
 
 

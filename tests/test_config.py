@@ -235,5 +235,23 @@ def test_task_posterior_bad_settings_are_named(overrides, fragment):
 
 def test_task_posterior_classification_needs_the_ensemble():
     with pytest.raises(ValueError, match=r"likelihood.kind = 'categorical' and inference.method = 'nuts'"):
-        load_config("blobs", ["task_posterior.kind=adapted"])
+        load_config("blobs", ["task_posterior.kind=adapted", "inference.method=nuts"])
     assert load_config("blobs", ["task_posterior.kind=adapted", "inference.method=ensemble"]).task_posterior.kind == "adapted"
+
+
+@pytest.mark.parametrize("model", ["sinusoid", "sinusoid_line", "blobs"])
+def test_auto_task_posterior_is_on_for_the_folded_ensemble_only_and_written_resolved(model, tmp_path):
+    cfg = load_config(model)  # the model file: method ensemble, holdout folds, task_posterior.kind = "auto"
+    assert cfg.inference.method == "ensemble" and cfg.task_posterior.kind == "adapted"
+    for overrides in (["inference.method=nuts"], ["inference.method=maml"], ["inference.method=svi"],
+                      ["inference.ensemble.holdout=none"], ["task_posterior.tau=0.5"]):
+        assert load_config(model, overrides).task_posterior.kind == "off", overrides
+    assert load_config(model, method="maml").inference.method == "maml"  # auto never refuses a method
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert 'kind = "adapted"' in path.read_text() and load_config(str(path)) == cfg  # the run's copy says which
+    if model == "blobs":  # an explicit kind stays explicit: NUTS has no in-model integral for classification
+        with pytest.raises(ValueError, match="expected method 'ensemble'"):
+            load_config(str(path), method="nuts")
+    else:
+        assert load_config(str(path), method="nuts").task_posterior.kind == "adapted"

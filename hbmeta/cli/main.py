@@ -19,10 +19,10 @@ from hbmeta.inference.registry import METHODS
 # `hbmeta --help`, `hbmeta run --help` and `hbmeta models` load no JAX, NumPyro, ArviZ or matplotlib.
 
 _RUN_EXAMPLES = """examples:
-  hbmeta run                                   the built-in sinusoid model (about 2 minutes on a laptop CPU)
+  hbmeta run                                   the built-in sinusoid model (about a minute on a laptop CPU)
   hbmeta run linear                            closed-form reference: prints the distance to the exact posterior
   hbmeta run sinusoid --method svi --out runs/svi
-  hbmeta run sinusoid inference.nuts.num_samples=400 --set maml.num_iterations=20000
+  hbmeta run sinusoid --method nuts inference.nuts.num_samples=400 --set maml.num_iterations=20000
   hbmeta run runs/sinusoid-20250101-120000/config.toml     reproduce a run
   hbmeta run blobs --toy                       every size capped: a run in seconds
 """

@@ -44,9 +44,10 @@ APPLIES = {
            "and ESS the number of draws by construction, so "
            "they only describe Monte Carlo error, not how close the approximation is to the posterior (compare "
            "held-out metrics or methods for that).",
-    "particles": "A fixed set of particles or independently trained members, one draw each: there are no chains to "
-                 "compare, so R-hat and ESS do not apply; the number of particles bounds the resolution of the "
-                 "predictive mixture.",
+    "particles": "A fixed set of particles or independently trained members, one draw each (an ensemble with "
+                 "task-level tails: one draw per node of each member's scale mixture, all at the member's θ): there "
+                 "are no chains to compare, so R-hat and ESS do not apply; the number of particles bounds the "
+                 "resolution of the predictive mixture.",
     "point": "One point estimate: nothing to diagnose; the predictive's spread is the noise scale alone.",
 }
 _STAT_NAMES = {"potential_energy": "lp", "accept_prob": "acceptance_rate", "num_steps": "n_steps"}

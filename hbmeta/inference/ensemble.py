@@ -154,6 +154,7 @@ def run_ensemble(
     meta_batch_size: int = 25,
     optimizer=None,
     holdout: str = "folds",
+    tails: bool = True,
     chunk_size: int = 1000,
     checkpoint=None,
     progress: bool = True,
@@ -179,6 +180,11 @@ def run_ensemble(
             members' predictions for tasks they did not train on (module
             docstring); ``"none"``: all members train on all tasks, σ_m from
             each member's training residuals (biased low).
+        tails: with the task-level posterior and an inferred σ, let each
+            member's predictive be a variance-preserving scale mixture of K = 8
+            Gaussians (a discrete Student-t) whose ν is chosen on the folds
+            (:mod:`hbmeta.inference.holdout`), one draw per node; False keeps
+            one Gaussian per member.
         chunk_size: iterations per compiled chunk (progress between chunks).
         checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: every
             member's parameters, optimiser state and PRNG key are saved as it
@@ -190,7 +196,9 @@ def run_ensemble(
         :class:`~hbmeta.Posterior` with method ``"ensemble"``,
         ``samples["theta"]`` of shape ``(M, 1, P)`` and, for regression with
         an inferred noise, ``samples["noise"]`` ``(M, 1)``; with the
-        task-level posterior ``samples["tau"]`` ``(M, 1)``; ``info``:
+        task-level posterior ``samples["tau"]`` ``(M, 1)``, or ``(M, K)``
+        draws (θ_m repeated, τ and σ scaled by √u_k) when ``tails`` chose a
+        finite ν; ``info``:
         ``losses`` ``(M, num_iterations)`` meta-losses, ``train_index`` and
         ``holdout_index`` (each member's task indices), ``member_keys``
         (``jax.random.key_data`` of each member's training key: member m is
@@ -218,6 +226,8 @@ def run_ensemble(
     meta_batch_size = check_int("meta_batch_size", meta_batch_size)
     chunk_size = check_int("chunk_size", chunk_size)
     check_choice("holdout", holdout, HOLDOUTS)
+    if not isinstance(tails, bool):
+        raise ValueError(f"tails={tails!r}; expected True or False")
     optimizer = check_optimizer(optimizer)
     check_tasks(spec, tasks)
     if spec.task_posterior is not None and (holdout != "folds" or spec.task_posterior.tau is not None):
@@ -258,10 +268,12 @@ def run_ensemble(
     fitted = None
     lik = spec.likelihood
     if spec.task_posterior is not None:
-        fitted = holdout_task_scale(spec, flat, tasks, holdout_index)
-        draws["tau"] = jnp.asarray(fitted.tau, flat.dtype)[:, None]
+        fitted = holdout_task_scale(spec, flat, tasks, holdout_index, tails=tails)
+        root = jnp.sqrt(jnp.asarray(fitted.tail_nodes, flat.dtype))  # (K,): one draw per node of the scale mixture
+        draws["theta"] = jnp.repeat(flat[:, None, :], root.shape[0], axis=1)
+        draws["tau"] = jnp.asarray(fitted.tau, flat.dtype)[:, None] * root
         if lik.regression and lik.noise is None:
-            draws["noise"] = jnp.asarray(fitted.noise, flat.dtype)[:, None]
+            draws["noise"] = jnp.asarray(fitted.noise, flat.dtype)[:, None] * root
     elif lik.regression and lik.noise is None:
         if holdout == "folds":
             fitted = holdout_noise(spec, flat, tasks, holdout_index)
@@ -273,7 +285,8 @@ def run_ensemble(
     wall = time.perf_counter() - start
     settings = json_settings(num_members=num_members, num_iterations=num_iterations,
                              meta_batch_size=meta_batch_size, optimizer="adam(1e-3)" if optimizer is
-                             _DEFAULT_OPTIMIZER else optimizer, holdout=holdout, init=type(init).__name__)
+                             _DEFAULT_OPTIMIZER else optimizer, holdout=holdout, tails=tails,
+                             init=type(init).__name__)
     info = {
         "losses": np.asarray(losses).T,
         "member_keys": np.asarray(jax.random.key_data(member_keys)),

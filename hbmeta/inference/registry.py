@@ -82,7 +82,8 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
             defaults={"num_particles": 10, "num_steps": 2000}, optimizer=("adagrad", 0.1)),
     _method("ensemble", "hbmeta.inference.ensemble", "run_ensemble", "particles",
             "independently meta-trained MAML solutions, one draw each",
-            defaults={"num_members": 8, "num_iterations": 10000, "meta_batch_size": 25, "holdout": "folds"}),
+            defaults={"num_members": 8, "num_iterations": 10000, "meta_batch_size": 25, "holdout": "folds",
+                      "tails": True}),
     _method("maml", "hbmeta.inference.dispatch", "maml_posterior", "point", "MAML's point estimate θ (one draw)"),
 )})
 

@@ -21,7 +21,7 @@ class Posterior(NamedTuple):
       Arrays are numpy, on the host.
     - ``spec``: the :class:`~hbmeta.ModelSpec` (network, rule, prior,
       likelihood): what is needed to predict.
-    - ``method``: ``"nuts"``, ``"hmc"``, ``"svi"``, ``"laplace"``, ``"svgd"`` or ``"maml"``.
+    - ``method``: ``"nuts"``, ``"hmc"``, ``"svi"``, ``"laplace"``, ``"svgd"``, ``"ensemble"``, ``"mclmc"`` or ``"maml"``.
     - ``settings``: the method's settings as a dict (JSON-able values).
     - ``sample_stats``: dict of ``(chain, draw)`` sampler statistics
       (``diverging``, ``accept_prob``, ``step_size``, ``num_steps``,

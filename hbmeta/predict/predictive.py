@@ -340,6 +340,8 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
     sigma = sigma.astype(flat.dtype)
     tau = _tau_draws(posterior, N).astype(flat.dtype)
     D, B = min(draw_chunk, N), min(task_chunk, T)
+    if spec.task_posterior is not None:  # the linearised posterior's Jacobians cost ~(K + M)² per draw and task
+        D, B = _task_level_chunks(D, B, tasks.x_support.shape[1] + tasks.x_query.shape[1])
     mesh = resolve_mesh(devices)
     put = lambda a, axis=0: a
     if mesh is not None:
@@ -375,6 +377,23 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
         yield finish(*pending)
 
     return PredictiveBlocks(steps(), regression=regression, out_shape=out_shape, sigma=sigma)
+
+
+_TASK_LEVEL_BUDGET = 2**22  # draws × tasks × (K + M)² per block of the task-level predictive
+
+
+def _task_level_chunks(draws: int, tasks: int, points: int) -> tuple[int, int]:
+    """Smaller blocks for the task-level predictive: ``D·B·(K + M)² ≤`` :data:`_TASK_LEVEL_BUDGET`.
+
+    Each Jacobian of the K + M support and query outputs is a reverse-mode pass per output, whose
+    intermediates hold (K + M)² activations per layer: 64 draws × 32 tasks at 205 points would need
+    about 40 GB. Tasks are cut first, then draws; at least one of each. The values do not depend on
+    the blocks (the noise of each draw and task comes from its own key).
+    """
+    per = points * points
+    tasks = max(1, min(tasks, _TASK_LEVEL_BUDGET // max(1, draws * per)))
+    draws = max(1, min(draws, _TASK_LEVEL_BUDGET // max(1, tasks * per)))
+    return draws, tasks
 
 
 def _tau_draws(posterior, n):

@@ -174,7 +174,8 @@ def method_settings(cfg: Config, method: str | None = None) -> dict:
                 "optimizer": make_optimizer(s.optimizer, s.learning_rate)}
     if method == "ensemble":  # the members train like MAML: the [maml] optimiser
         return {"num_members": s.num_members, "num_iterations": s.num_iterations,
-                "meta_batch_size": s.meta_batch_size, "holdout": s.holdout, "optimizer": maml_optimizer(cfg)}
+                "meta_batch_size": s.meta_batch_size, "holdout": s.holdout, "tails": s.tails,
+                "optimizer": maml_optimizer(cfg)}
     return {}
 
 

@@ -167,8 +167,24 @@ def from_dict(raw: dict, *, where: str = "<dict>", cross_check: bool = True) -> 
         sections[name] = _parse_section(cls, raw_lik if name == "likelihood" else raw.get(name, {}), where, name)
     cfg = Config(family=family, source=where, **sections)
     if cross_check:
+        cfg = _resolve_auto(cfg)
         _cross_check(cfg, where)
     return cfg
+
+
+def _resolve_auto(cfg: Config) -> Config:
+    """``task_posterior.kind = "auto"`` made concrete for the method that runs (so ``config.toml`` says which).
+
+    ``"adapted"`` with the ensemble fitted on held-out folds (its τ and σ cost seconds there), ``"off"``
+    with every other method: NUTS, SVI, Laplace and SVGD would differentiate through the task-level model,
+    about 80 times the cost of a plain gradient, and MAML's point estimate has no τ to fit.
+    """
+    tp = cfg.task_posterior
+    if tp.kind != "auto":
+        return cfg
+    use = (cfg.inference.method == "ensemble" and cfg.inference.ensemble.holdout == "folds"
+           and tp.tau == "inferred" and cfg.prior.explicit_tau == "off")
+    return replace(cfg, task_posterior=replace(tp, kind="adapted" if use else "off"))
 
 
 def _cross_check(cfg: Config, where: str) -> None:

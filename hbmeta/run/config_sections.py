@@ -77,7 +77,10 @@ class TaskPosteriorSection:
     """``[task_posterior]``: integrate each task's parameters out (:class:`~hbmeta.TaskPosterior`), or not."""
 
     kind: str = opt("off", "str", "off (φ̂_j is a point) | adapted (φ_j ~ N(φ̂_j(θ), τ²I), linearised) | "
-                    "theta (φ_j ~ N(θ, τ²I), linearised)", choices=("off", "adapted", "theta"))
+                    "theta (φ_j ~ N(θ, τ²I), linearised) | auto (adapted with method ensemble and holdout "
+                    "folds, where τ and σ are fitted on held-out folds in seconds; off with every other method, "
+                    "whose gradients through the task-level model cost about 80 times more)",
+                    choices=("off", "adapted", "theta", "auto"))
     tau: object = opt("inferred", "pos_or", "inferred (a latent τ ~ HalfNormal(tau_prior_scale); with method "
                       "ensemble, fitted on the folds) | τ > 0 fixed", sentinel="inferred")
     tau_prior_scale: float = opt(1.0, "float", "scale of the HalfNormal prior on τ", lo=0.0, strict=True)
@@ -142,6 +145,9 @@ class EnsembleSection:
     holdout: str = opt(_ENSEMBLE["holdout"], "str",
                        "folds (σ fitted on tasks the members did not train on) | none (training residuals)",
                        choices=("folds", "none"))
+    tails: bool = opt(_ENSEMBLE["tails"], "bool",
+                      "with the task-level posterior: each member's predictive a variance-preserving Student-t "
+                      "(8 Gaussians), its ν chosen on the folds; false: one Gaussian")
 
 
 @dataclass(frozen=True)

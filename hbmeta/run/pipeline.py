@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import replace
@@ -31,12 +32,13 @@ from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
 from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_type
-from hbmeta.diagnostics.arviz import diagnose
+from hbmeta.diagnostics.arviz import MCMC_METHODS, diagnose
 from hbmeta.diagnostics.netcdf import to_netcdf
 from hbmeta.distributed import is_main_process
 from hbmeta.inference.chains import default_chunk_size
 from hbmeta.inference.dispatch import infer, maml_posterior
 from hbmeta.inference.ensemble import ensemble_train_size
+from hbmeta.inference.holdout import TAIL_NODES
 from hbmeta.maml.evaluate import divergence_message, evaluate
 from hbmeta.maml.train import train_maml
 from hbmeta.model.task_posterior import fit_task_hyperparameters
@@ -97,8 +99,8 @@ def _expected_draws(method: str, settings: dict) -> int | None:
         return settings.get("num_draws")
     if method == "svgd":
         return settings.get("num_particles")
-    if method == "ensemble":
-        return settings.get("num_members")
+    if method == "ensemble":  # with the task-level posterior's tails, up to TAIL_NODES draws per member
+        return settings.get("num_members") * (TAIL_NODES if settings.get("tails") else 1)
     return None
 
 
@@ -200,8 +202,11 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         # MAML's point estimate, scored beside the method: φ̂_j a point, σ its RMS residual (no task posterior)
         maml_post = maml_posterior(replace(spec, task_posterior=None), maml.params, train)
 
-        stages.start("posterior", f"fitting the posterior over θ ({method}, {spec.num_params} parameters, "
-                                  f"from {'MAML θ' if eff.inference.init == 'maml' else 'the default start'})")
+        start = ("each member from its own random initialisation" if method == "ensemble" else
+                 "from MAML θ" if eff.inference.init == "maml" else "from the default start")
+        with_tp = "" if spec.task_posterior is None else f", task-level posteriors ({eff.task_posterior.kind})"
+        stages.start("posterior", f"fitting the posterior over θ ({method}{with_tp}, {spec.num_params} "
+                                  f"parameters, {start})")
         if method == "maml":
             post = maml_post
         else:
@@ -238,12 +243,23 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                       flush=True)
 
         metrics = {
-            "model": cfg.model.name, "method": method, "seed": eff.run.seed, "toy": eff.run.toy,
+            "model": cfg.model.name, "method": method, "task_posterior": eff.task_posterior.kind,
+            "seed": eff.run.seed, "toy": eff.run.toy,
             "num_parameters": spec.num_params, "num_train_tasks": train.num_tasks,
             "maml_final_loss": float(np.mean(maml.losses[-max(1, len(maml.losses) // 20):])),
         }
         if "skipped_steps" in post.info:
             metrics["skipped_steps"] = int(post.info["skipped_steps"])
+        fold = post.info.get("holdout_noise") if method == "ensemble" else None
+        if fold is not None and "tau" in fold and fold.get("noise") is not None:  # the task-level fit on the folds
+            dof = fold.get("tail_dof", math.inf)
+            metrics["holdout_fit"] = {
+                "scale": float(fold["scale"]), "tau": [float(t) for t in fold["tau"]],
+                "noise": [float(t) for t in fold["noise"]],
+                "tail_dof": None if math.isinf(dof) else float(dof),
+                "tail_scores": None if not fold.get("tail_scores") else
+                {("inf" if math.isinf(k) else str(k)): float(v) for k, v in fold["tail_scores"].items()},
+            }
         predictives = {}
         if evaluate_held_out:
             stages.start("evaluate", f"sampling adapted models on {test.num_tasks} held-out tasks")
@@ -311,13 +327,14 @@ def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, te
         to_netcdf(post, test, writer.path("heldout.nc"), predictive=predictives[objects.method], key=k2)
     if post.num_chains * post.num_draws >= 2:
         diagnosis = diagnose(idata, warn=False)
-        summary = diagnosis.summary
+        summary, mcmc = diagnosis.summary, post.method in MCMC_METHODS
         metrics["diagnostics"] = {
             "divergences": diagnosis.divergences,
             "divergences_per_chain": list(diagnosis.divergences_per_chain),
             "warnings": list(diagnosis.warnings),
-            "max_rhat": _finite(summary["r_hat"].max()) if "r_hat" in summary else None,
-            "min_ess_bulk": _finite(summary["ess_bulk"].min()) if "ess_bulk" in summary else None,
+            # R-hat and ESS describe Markov chains only (an ensemble's draws are members and mixture nodes)
+            "max_rhat": _finite(summary["r_hat"].max()) if "r_hat" in summary and mcmc else None,
+            "min_ess_bulk": _finite(summary["ess_bulk"].min()) if "ess_bulk" in summary and mcmc else None,
         }
         text = diagnosis.text
     else:

@@ -68,7 +68,9 @@ def write_pictures(writer, eff: Config, objects, post, idata, predictives: dict,
 
         plot_predictive_band(post, test, writer.path("predictive.png"), x=grid, key=keys["predict"], truth=truth,
                              num_tasks=eff.evaluation.num_plot_tasks,
-                             title=f"{eff.model.name}: posterior predictive ({method}) on held-out tasks")
+                             title=f"{eff.model.name}: posterior predictive ({method}"
+                                   + ("" if eff.task_posterior.kind == "off" else " and task-level posteriors")
+                                   + ") on held-out tasks")
         if maml_post is not None and "maml" in predictives and method != "maml":
             plot_predictive_band(maml_post, test, writer.path("predictive_maml.png"), x=grid, key=keys["predict"],
                                  truth=truth, num_tasks=eff.evaluation.num_plot_tasks,
@@ -122,7 +124,9 @@ def _exact_line(metrics: dict) -> str | None:
 
 def final_table(metrics: dict, path: str, files) -> str:
     """The short report printed at the end of a run."""
-    lines = [f"hbmeta: {metrics['model']} with {metrics['method']}: {metrics['num_parameters']} parameters, "
+    tp = metrics.get("task_posterior", "off")
+    how = metrics["method"] + ("" if tp == "off" else f" and task-level posteriors ({tp})")
+    lines = [f"hbmeta: {metrics['model']} with {how}: {metrics['num_parameters']} parameters, "
              f"{metrics['num_train_tasks']} training tasks" + (" (toy size)" if metrics.get("toy") else "")]
     lines += metrics_table(metrics)
     ft = metrics.get("maml_finetune")
@@ -160,6 +164,16 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
         + (" (" + ", ".join(f"{f}={getattr(settings, f)}" for f in settings.__dataclass_fields__) + ")"
            if settings is not None else ""),
     ]
+    fold = metrics.get("holdout_fit")
+    if fold:  # the ensemble's σ, τ and tails, fitted on the tasks each member left out
+        line = (f"  σ and τ fitted on held-out folds of the training tasks: mixture scale c = {_fmt(fold['scale'])}, "
+                f"σ_m {_fmt(min(fold['noise']))}..{_fmt(max(fold['noise']))}, "
+                f"τ_m {_fmt(min(fold['tau']))}..{_fmt(max(fold['tau']))}")
+        if fold.get("tail_dof") is not None:
+            line += f"; tails: Student-t ν = {_fmt(fold['tail_dof'])} (chosen on the folds)"
+        elif fold.get("tail_scores"):
+            line += "; tails: Gaussian (chosen on the folds)"
+        lines.append(line)
     if "data" in metrics:  # a [data] table: its groups replace the family's tasks
         d, info = eff.data, metrics["data"]
         lines[2] = (f"table {d.path}: {info['train']['num_tasks']} training groups"

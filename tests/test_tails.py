@@ -1,0 +1,86 @@
+"""The ensemble's heavy-tailed task-level predictive: a discrete, variance-preserving Student-t per member.
+
+Checks: the scale-mixture nodes have mean 1 exactly and, as their number grows, their mixture's CDF is
+the Student-t's (closed form, scipy); the out-of-sample choice of ν picks the true ν among the grid on
+synthetic errors drawn from that discrete mixture, and the Gaussian on Gaussian errors; ``run_ensemble`` with the
+task-level posterior returns one draw per node with θ repeated and (τ, σ) scaled by √u_k, and one draw per
+member with ``tails=False``; bad ν is refused.
+"""
+
+import math
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import hbmeta as hb
+from hbmeta.inference.holdout import TAIL_DOFS, fit_tails, scale_nodes
+
+
+@pytest.mark.parametrize("dof", [2.5, 3.0, 6.0, 30.0])
+def test_scale_nodes_have_mean_one_and_tend_to_the_unit_variance_student_t(dof):
+    u = scale_nodes(dof)
+    assert u.shape == (8,) and abs(u.mean() - 1) < 1e-12 and np.all(np.diff(u) > 0)
+    x = np.linspace(-4, 4, 17)
+    t_cdf = stats.t.cdf(x * np.sqrt(dof / (dof - 2)), df=dof)  # T·√((ν−2)/ν) has variance 1
+
+    def gap(k):
+        nodes = scale_nodes(dof, k)
+        return np.max(np.abs(np.mean(stats.norm.cdf(x[:, None] / np.sqrt(nodes)[None]), axis=1) - t_cdf))
+
+    # the mixture tends to the Student-t as K grows, slowly near ν = 2 (the nodes miss the mixing
+    # distribution's heavy tail, and the renormalisation to mean 1 widens them), fast above ν = 4
+    few, many = gap(1000), gap(200_000)
+    assert many < few and many < {2.5: 0.012, 3.0: 0.002}.get(dof, 1e-4), (few, many)
+    assert np.array_equal(scale_nodes(math.inf), np.ones(1))
+    with pytest.raises(ValueError, match="dof=2.0; expected more than 2"):
+        scale_nodes(2.0)
+
+
+@pytest.mark.parametrize("true_dof", [3.0, 10.0, math.inf])
+def test_fit_tails_recovers_the_shape_of_out_of_sample_errors(true_dof):
+    rng = np.random.default_rng(0)
+    members, tasks, points = 4, 400, 50
+    mu = rng.normal(size=(members, tasks, points, 1))
+    var = np.exp(rng.normal(scale=0.3, size=(members, tasks, points, 1)))
+    out = np.zeros((members, tasks))
+    out[rng.integers(0, members, tasks), np.arange(tasks)] = 1.0  # one out-of-sample member per task
+    m = np.argmax(out, axis=0)
+    # errors from the model that is fitted: node k of the discrete scale mixture, k uniform
+    u_true = scale_nodes(true_dof)
+    z = rng.standard_normal((tasks, points, 1)) * np.sqrt(u_true[rng.integers(0, len(u_true), (tasks, points, 1))])
+    y = mu[m, np.arange(tasks)] + np.sqrt(var[m, np.arange(tasks)]) * z
+    dof, u, scores = fit_tails(mu, var, y, out, np.ones((tasks, points)))
+    assert dof == true_dof and set(scores) == {*TAIL_DOFS, math.inf}
+    assert scores[dof] == max(scores.values()) and np.array_equal(u, scale_nodes(dof))
+
+
+def test_ensemble_draws_are_the_nodes_of_each_members_scale_mixture():
+    net = hb.mlp((1, 8, 1))
+    tasks = hb.Sinusoid(num_support=5, num_query=5).sample(jax.random.key(0), 12)
+    spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=0.01), net.init(jax.random.key(1)),
+                        task_posterior=hb.TaskPosterior())
+    args = dict(key=1, num_members=4, init=net.init, num_iterations=20, meta_batch_size=4, progress=False)
+    post = hb.run_ensemble(spec, tasks, **args)
+    fold = post.info["holdout_noise"]
+    u = np.asarray(fold["tail_nodes"])
+    k = len(u)
+    assert post.samples["theta"].shape == (4, k, spec.num_params) and post.settings["tails"] is True
+    assert k == (1 if math.isinf(fold["tail_dof"]) else 8) and fold["tail_scores"]
+    theta = np.asarray(post.samples["theta"])
+    assert np.array_equal(theta, np.repeat(theta[:, :1], k, axis=1))
+    for site in ("tau", "noise"):
+        np.testing.assert_allclose(post.samples[site], np.asarray(fold[site])[:, None] * np.sqrt(u)[None], rtol=1e-6)
+    plain = hb.run_ensemble(spec, tasks, tails=False, **args)
+    assert plain.samples["theta"].shape == (4, 1, spec.num_params)
+    assert plain.info["holdout_noise"]["tail_scores"] is None
+    np.testing.assert_allclose(plain.samples["tau"][:, 0], fold["tau"], rtol=1e-6)  # the same fit, one node
+    with pytest.raises(ValueError, match="tails='yes'; expected True or False"):
+        hb.run_ensemble(spec, tasks, tails="yes", **args)
+    # a fixed σ keeps the Gaussian: the tails would change the noise the user fixed
+    fixed = replace(spec, likelihood=hb.NormalLikelihood(noise=0.3))
+    assert hb.run_ensemble(fixed, tasks, **args).samples["theta"].shape == (4, 1, spec.num_params)
+    assert jnp.all(jnp.isfinite(hb.sample_predictive(post, tasks, key=0).mean))
