@@ -260,3 +260,43 @@ def test_resume_refuses_a_complete_run_and_nothing(tmp_path):
         find_partial(tmp_path / "done")
     with pytest.raises(ValueError, match="nothing to resume"):
         find_partial(tmp_path / "never")
+
+
+# SVGD, Laplace's MAP search and the ensemble's meta-training: 8 chunks of 1,000 steps, a checkpoint after each
+_KILL_RUNS = {
+    "svgd": (["inference.svgd.num_steps=8000", "inference.svgd.num_particles=4"], "SVGD: 4000/8000", "SVGD"),
+    "laplace": (["inference.laplace.num_steps=8000", "inference.laplace.num_draws=50"], "MAP: 4000/8000", "MAP"),
+    "ensemble": (["inference.ensemble.num_iterations=8000", "inference.ensemble.num_members=3",
+                  "inference.ensemble.meta_batch_size=4"],
+                 "ensemble meta-training (3 members): 4000/8000", "ensemble meta-training (3 members)"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_KILL_RUNS))
+def test_a_run_killed_in_its_posterior_stage_resumes_to_the_same_result(tmp_path, method):
+    settings, kill_at, label = _KILL_RUNS[method]
+    argv = ["run", "linear", "--method", method, "maml.num_iterations=500", "run.checkpoint_every=1000",
+            "tasks.num_test=20", *settings]
+    full = _start(argv + ["--out", "full"], tmp_path, tmp_path / "cache-full")
+    rc, _, err = _start(argv + ["--out", "killed"], tmp_path, tmp_path / "cache-killed", kill_at=kill_at)()
+    assert rc == -signal.SIGKILL, err
+    assert not (tmp_path / "killed").exists()  # never looks complete
+    _, partial = find_partial(tmp_path / "killed")
+    assert not os.path.exists(os.path.join(partial, "run.json"))
+    with np.load(os.path.join(partial, "checkpoints", f"{method}.npz")) as ck:
+        done = int(ck["__done__"])
+    assert 1000 <= done <= 4000 and done % 1000 == 0  # killed in the middle, at most one interval lost
+    rc, _, err = _start(["run", "--resume", partial], tmp_path, tmp_path / "cache-killed")()
+    assert rc == 0, err
+    assert f"{label}: {done}/8000" in err and "resumed" in err  # it continued; it did not start again
+    rc, _, err = full()
+    assert rc == 0, err
+    a, b = tmp_path / "full", tmp_path / "killed"
+    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n] and not (b / "checkpoints").exists()
+    with np.load(a / "posterior.npz") as x, np.load(b / "posterior.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        for k in x.files:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)  # bit for bit
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    ma.pop("timings_s"), mb.pop("timings_s")
+    assert ma == mb
