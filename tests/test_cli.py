@@ -301,6 +301,13 @@ def test_diagnose_prints_the_summary_and_writes_pictures(jobs, tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.startswith("hbmeta diagnosis: method nuts, 2 chain(s) x 10 draw(s).") and "r_hat" in out
     assert sorted(os.listdir(tmp_path / "d")) == ["rank.png", "trace.png"]
+    # the default run's ensemble: no chains, so no R-hat, ESS or MCSE columns, and the reason is said
+    run = _run_dir(*_finished(jobs, "sinusoid")[:1], "sinusoid")
+    assert main(["diagnose", str(run), "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hbmeta diagnosis: method ensemble, 4 chain(s)") and "R-hat and ESS do not apply" in out
+    assert "r_hat" not in out and "ess_bulk" not in out and "mcse" not in out and "mean" in out
+    assert sorted(os.listdir(tmp_path / "e")) == ["trace.png"]
 
 
 @pytest.mark.parametrize("error, status, message", [

@@ -248,11 +248,14 @@ def _cmd_diagnose(a) -> int:
     d = diagnose(idata, warn=False)
     print(d.text)
     print()
+    kind = METHODS[info["method"]].kind if info.get("method") in METHODS else None
+    table = d.summary
+    if kind in ("iid", "particles", "point"):  # R-hat, ESS and MCSE describe Markov chains, not these draws
+        table = table[[c for c in table.columns if not c.startswith(("r_hat", "ess_", "mcse_"))]]
     with _pandas_width():
-        print(d.summary.to_string(float_format=lambda v: f"{v:.4g}"))
+        print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     out = a.out or os.path.join(a.run, "diagnose")
     written = []
-    kind = METHODS[info["method"]].kind if info.get("method") in METHODS else None
     if kind != "point":
         written.append(plot_trace(idata, os.path.join(out, "trace.png")))
         if kind == "mcmc":
