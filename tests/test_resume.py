@@ -72,6 +72,18 @@ def _checkpoint_done(partial, stage):
     return done
 
 
+def _assert_same_run(a, b, names=("posterior.npz",)):
+    """The arrays of ``names`` equal bit for bit, and the metrics but for their timings."""
+    for name in names:
+        with np.load(a / name) as x, np.load(b / name) as y:
+            assert sorted(x.files) == sorted(y.files)
+            for k in x.files:
+                np.testing.assert_array_equal(x[k], y[k], err_msg=f"{name}:{k}")  # bit for bit
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    ma.pop("timings_s"), mb.pop("timings_s")
+    assert ma == mb
+
+
 def test_a_run_killed_in_maml_training_and_in_svi_resumes_to_the_same_result(tmp_path, capsys):
     full = _start(RUN + ["--out", "full"], tmp_path, tmp_path / "cache-full")
     killed = _start(RUN + ["--out", "killed"], tmp_path, tmp_path / "cache-killed", kill_at="meta-training: 10000/20000")
@@ -101,16 +113,8 @@ def test_a_run_killed_in_maml_training_and_in_svi_resumes_to_the_same_result(tmp
     assert err.count("resumed") == 2  # MAML from its final checkpoint, SVI from its last one
     rc, _, err = full()
     assert rc == 0, err
-    a, b = tmp_path / "full", tmp_path / "killed"
-    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n] and not (b / "checkpoints").exists()
-    for name in ("meta_params.npz", "maml_losses.npz", "posterior.npz"):
-        with np.load(a / name) as x, np.load(b / name) as y:
-            assert sorted(x.files) == sorted(y.files)
-            for k in x.files:
-                np.testing.assert_array_equal(x[k], y[k], err_msg=f"{name}:{k}")  # bit for bit
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    ma.pop("timings_s"), mb.pop("timings_s")
-    assert ma == mb
+    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n] and not (tmp_path / "killed" / "checkpoints").exists()
+    _assert_same_run(tmp_path / "full", tmp_path / "killed", ("meta_params.npz", "maml_losses.npz", "posterior.npz"))
 
 
 # NUTS long enough (20 chunks of 200 transitions, a checkpoint after each) to be killed in the middle of warm-up
@@ -133,14 +137,7 @@ def test_a_run_killed_in_nuts_warm_up_resumes_to_the_same_result(tmp_path):
     assert f"NUTS: {done}/4000" in err and "resumed" in err
     rc, _, err = full()
     assert rc == 0, err
-    a, b = tmp_path / "full", tmp_path / "killed"
-    with np.load(a / "posterior.npz") as x, np.load(b / "posterior.npz") as y:
-        assert sorted(x.files) == sorted(y.files)
-        for k in x.files:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)  # bit for bit
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    ma.pop("timings_s"), mb.pop("timings_s")
-    assert ma == mb
+    _assert_same_run(tmp_path / "full", tmp_path / "killed")
 
 
 def test_train_maml_resumed_from_a_checkpoint_equals_one_uninterrupted_run(tmp_path):
@@ -291,12 +288,5 @@ def test_a_run_killed_in_its_posterior_stage_resumes_to_the_same_result(tmp_path
     assert f"{label}: {done}/8000" in err and "resumed" in err  # it continued; it did not start again
     rc, _, err = full()
     assert rc == 0, err
-    a, b = tmp_path / "full", tmp_path / "killed"
-    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n] and not (b / "checkpoints").exists()
-    with np.load(a / "posterior.npz") as x, np.load(b / "posterior.npz") as y:
-        assert sorted(x.files) == sorted(y.files)
-        for k in x.files:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)  # bit for bit
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    ma.pop("timings_s"), mb.pop("timings_s")
-    assert ma == mb
+    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n] and not (tmp_path / "killed" / "checkpoints").exists()
+    _assert_same_run(tmp_path / "full", tmp_path / "killed")
