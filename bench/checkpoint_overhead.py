@@ -68,6 +68,11 @@ def main(argv=None) -> int:
             r = hb.train_maml(theta0, train, rule=rule, key=jax.random.key(3), num_iterations=a.iterations,
                               meta_batch_size=25, chunk_size=a.every, checkpoint=ck, progress=False)
             jax.block_until_ready(r.params)
+        elif name == "ensemble":  # the default run's posterior stage: 8 members' meta-training under vmap
+            post = hb.run_ensemble(spec, train.tasks, key=jax.random.key(6), num_members=8, init=net.init,
+                                   num_iterations=a.iterations, meta_batch_size=25, chunk_size=a.every,
+                                   checkpoint=ck, progress=False)
+            jax.block_until_ready(post.samples["theta"])
         else:
             post = hb.run_svi(spec, train.tasks, key=jax.random.key(4), num_steps=a.svi_steps, num_draws=100,
                               init=maml.params, chunk_size=a.every, checkpoint=ck, progress=False)
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
         return wall, (ck.saves if ck else 0)
 
     rows = []
-    for name, steps in (("maml", a.iterations), ("svi", a.svi_steps)):
+    for name, steps in (("maml", a.iterations), ("ensemble", a.iterations), ("svi", a.svi_steps)):
         stage(name, False), stage(name, True)  # compile both
         times = {False: [], True: []}
         saves = 0
@@ -92,9 +97,9 @@ def main(argv=None) -> int:
 
     print(f"Checkpoint overhead, sinusoid 1-40-40-1, |T| = 100, a checkpoint every {a.every} steps "
           f"(baseline: the same stage without checkpoints, same run; median of {a.repeats})")
-    print(f"{'stage':>6} {'steps':>7} {'saves':>6} {'without s':>10} {'with s':>8} {'ratio':>7}")
+    print(f"{'stage':>8} {'steps':>7} {'saves':>6} {'without s':>10} {'with s':>8} {'ratio':>7}")
     for name, steps, saves, without, with_ in rows:
-        print(f"{name:>6} {steps:>7,} {saves:>6} {without:>10.2f} {with_:>8.2f} {with_ / without:>7.3f}")
+        print(f"{name:>8} {steps:>7,} {saves:>6} {without:>10.2f} {with_:>8.2f} {with_ / without:>7.3f}")
 
     # NUTS: hbmeta's chunked chains with and without checkpoints, against NumPyro's MCMC.run (compilation included)
     from numpyro.infer import MCMC, NUTS, init_to_value
