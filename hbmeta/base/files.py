@@ -90,6 +90,7 @@ def read_npz(path, *, what: str = "file", names=(), max_bytes: int | None = None
             out = _read_members(archive, path, what, max_bytes)
     except BadFileError:
         raise
+    # NotImplementedError: zipfile's answer to a member stored with a compression method it cannot read
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, NotImplementedError) as e:
         raise BadFileError(path, f"{what} could not be read: {' '.join(str(e).split()) or type(e).__name__} "
                                  "(truncated or damaged)") from None
