@@ -210,3 +210,31 @@ def test_with_query_inputs_and_errors(reg):
         hb.sample_predictive(bad, tasks, key=0)
     with pytest.raises(ValueError, match="levels"):
         hb.summarize(whole, levels=(1.0,))
+
+
+def test_draws_sharing_theta_linearise_once_and_match_each_draw_alone():
+    # an ensemble's tail nodes: 3 members' θ, each repeated with 4 scales of (τ, σ); blocks of 5 draws cut
+    # across members, so blocks hold 2 or 3 distinct θ (padded to one shape). Each draw's task-level
+    # predictive must be task_predictive at its own (θ, τ, σ).
+    net = hb.mlp((1, 8, 1))
+    theta = mlp_params((1, 8, 1), seed=3)
+    spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=0.05), theta, likelihood=hb.NormalLikelihood(),
+                        task_posterior=hb.TaskPosterior())
+    rng = np.random.default_rng(5)
+    members = np.asarray(spec.ravel(theta))[None] + 0.1 * rng.normal(size=(3, spec.num_params))
+    u = np.array([0.3, 0.8, 1.5, 4.0])
+    tau = np.outer([0.05, 0.1, 0.2], np.sqrt(u)).astype(np.float32)
+    noise = np.outer([0.3, 0.2, 0.5], np.sqrt(u)).astype(np.float32)
+    post = hb.Posterior({"theta": np.repeat(members[:, None], 4, axis=1).astype(np.float32), "tau": tau,
+                         "noise": noise}, spec, "ensemble", {})
+    tasks = numpy_tasks(3, 4, 6, seed=2)
+    pred = hb.sample_predictive(post, tasks, key=jax.random.key(1), draw_chunk=5, task_chunk=2)
+    for m in range(3):
+        for k in range(4):
+            alone = hb.task_predictive(spec, jnp.asarray(members[m], jnp.float32), tasks, tau=float(tau[m, k]),
+                                       noise=float(noise[m, k]))
+            np.testing.assert_allclose(pred.mean[m, k], alone.mean, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(pred.noise[m, k], np.sqrt(alone.var), rtol=1e-5, atol=1e-6)
+    # one member's scale nodes share the mean, and their variances are in the ratio of the scales
+    np.testing.assert_allclose(pred.mean[0, 0], pred.mean[0, 3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.noise[0, 3] ** 2 / pred.noise[0, 0] ** 2, u[3] / u[0], rtol=1e-4)

@@ -224,7 +224,15 @@ def mean_field_probs(mean, cov):
 def predictive_one(spec, theta, xs, ys, ms, xq, alpha, tau, noise):
     """``(mean, var, probs)`` of one task's query points (see :func:`task_predictive`); pure, internal."""
     lin = linearise(spec, theta, xs, ys, ms, xq, alpha, full_query=False)
-    num_points = xq.shape[0]
+    return condition_one(spec, lin, ys, ms, xq.shape[0], tau, noise)
+
+
+def condition_one(spec, lin, ys, ms, num_points, tau, noise):
+    """``(mean, var, probs)`` of one task's ``num_points`` query points from its linearisation (``full_query=False``).
+
+    The Jacobians are in ``lin``; conditioning on the support for a given (τ, σ) is only K·o × K·o
+    solves, so draws that share θ and α (an ensemble member's tail nodes) linearise once.
+    """
     if spec.likelihood.regression:
         mean, cov, _, _ = regression_condition(lin, ys, ms, tau, noise)
         var = jnp.diagonal(cov, axis1=-2, axis2=-1) + jnp.square(noise)

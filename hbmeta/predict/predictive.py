@@ -12,7 +12,10 @@ average of the pˢ). With the task-level option (``spec.task_posterior``) each
 draw predicts with the linearised task posterior instead
 (:func:`~hbmeta.task_predictive`, τˢ from the ``"tau"`` draws or the fixed τ):
 μˢ_jq is its mean and the per-point sd sqrt(var_linearised + σˢ²) replaces σˢ;
-pˢ_jq are its mean-field class probabilities. Draws and tasks are processed in fixed-size chunks by one
+pˢ_jq are its mean-field class probabilities. Draws that share θ and α (an
+ensemble member's scale-mixture nodes, or repeated draws) are adapted and
+linearised once per chunk; only the conditioning on the support, a K·o × K·o
+solve, is done per draw. Draws and tasks are processed in fixed-size chunks by one
 compiled function, padded at the ends so that it compiles once; results move
 to host memory chunk by chunk, so device memory does not grow with the number
 of draws or tasks.
@@ -31,7 +34,7 @@ from hbmeta.base.jax_checks import as_key
 from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.model.posterior import Posterior
-from hbmeta.model.task_linearised import predictive_one
+from hbmeta.model.task_linearised import condition_one, linearise
 from hbmeta.tasks.batch import TaskBatch
 from hbmeta.tasks.sharding import resolve_mesh, task_sharding, to_host
 
@@ -119,17 +122,24 @@ def _kernel(spec, *, regression, has_alpha, want_params):
         return hit[1]
     rule, apply = spec.rule, spec.rule.apply
 
-    def one(flat, alpha, sigma, tau, eps, xs, ys, ms, xq, mq):
-        phi = rule(spec.unravel(flat), xs, ys, ms, alpha if has_alpha else None)
+    def adapt(flat, alpha, xs, ys, ms, xq):
+        """One distinct (θ, α) on one task: the linearisation (task level) or the query outputs, and φ̂ if asked."""
+        a = alpha if has_alpha else None
+        phi = rule(spec.unravel(flat), xs, ys, ms, a) if want_params or not task_level else None
+        flat_phi = ravel_pytree(phi)[0] if want_params else None
+        if task_level:
+            return linearise(spec, flat, xs, ys, ms, xq, a, full_query=False), flat_phi
+        return apply(phi, xq), flat_phi
+
+    def one(adapted, sigma, tau, eps, ys, ms, xq, mq):
         sd = None
         if task_level:  # the linearised task posterior: per-point sd; logits → mean-field probabilities
-            mean, var, probs = predictive_one(spec, flat, xs, ys, ms, xq, alpha if has_alpha else None, tau,
-                                              sigma if regression else None)
+            mean, var, probs = condition_one(spec, adapted, ys, ms, xq.shape[0], tau, sigma if regression else None)
             out, sigma = (mean, jnp.sqrt(var)) if regression else (jnp.log(probs), None)
             if regression:
                 sd = sigma if mq is None else jnp.where(mq[:, None], sigma, jnp.nan)
         else:
-            out = apply(phi, xq)
+            out = adapted
         if regression:
             first, y = out, out + sigma * eps.astype(out.dtype)
             if mq is not None:
@@ -141,14 +151,19 @@ def _kernel(spec, *, regression, has_alpha, want_params):
             if mq is not None:
                 first = jnp.where(mq[:, None], first, jnp.nan)
                 y = jnp.where(mq, y, -1)
-        flat_phi = ravel_pytree(phi)[0] if want_params else None
-        return first, y, flat_phi, sd
+        return first, y, sd
 
-    def chunk(eps, flat, alpha, sigma, tau, xs, ys, ms, xq, mq):
-        def per_draw(f, a, s, t, e):
-            return jax.vmap(one, in_axes=(None, None, None, None, 0, 0, 0, 0, 0, 0))(f, a, s, t, e, xs, ys, ms, xq, mq)
+    def chunk(eps, flat, alpha, inverse, sigma, tau, xs, ys, ms, xq, mq):
+        """``flat``, ``alpha``: the block's U distinct (θ, α); ``inverse`` ``(D,)``: each draw's row among them."""
+        tasks_map = lambda f, a: jax.vmap(adapt, in_axes=(None, None, 0, 0, 0, 0))(f, a, xs, ys, ms, xq)
+        adapted, flat_phi = jax.vmap(tasks_map)(flat, alpha)
 
-        return jax.vmap(per_draw)(flat, alpha, sigma, tau, eps)
+        def per_draw(i, s, t, e):
+            mine = jax.tree.map(lambda a: a[i], adapted)
+            return jax.vmap(one, in_axes=(0, None, None, 0, 0, 0, 0, 0))(mine, s, t, e, ys, ms, xq, mq)
+
+        first, y, sd = jax.vmap(per_draw)(inverse, sigma, tau, eps)
+        return first, y, None if flat_phi is None else flat_phi[inverse], sd
 
     if len(_KERNELS) >= 32:
         _KERNELS.clear()
@@ -340,8 +355,14 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
     sigma = sigma.astype(flat.dtype)
     tau = _tau_draws(posterior, N).astype(flat.dtype)
     D, B = min(draw_chunk, N), min(task_chunk, T)
-    if spec.task_posterior is not None:  # the linearised posterior's Jacobians cost ~(K + M)² per draw and task
-        D, B = _task_level_chunks(D, B, tasks.x_support.shape[1] + tasks.x_query.shape[1])
+    # Draws that share θ and α (an ensemble member's tail nodes, repeated draws) adapt and linearise once.
+    _, first_of, inverse = np.unique(np.concatenate([flat, alpha[:, None]], axis=1), axis=0, return_index=True,
+                                     return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if spec.task_posterior is not None:  # the linearised posterior's Jacobians cost ~(K + M)² per distinct θ, task
+        repeats = max(1, N // len(first_of))
+        d, B = _task_level_chunks(-(-D // repeats), B, tasks.x_support.shape[1] + tasks.x_query.shape[1])
+        D = min(D, d * repeats)
     mesh = resolve_mesh(devices)
     put = lambda a, axis=0: a
     if mesh is not None:
@@ -351,7 +372,10 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
         noise_axis = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh.axis_names[0]))
         put = lambda a, axis=0: jax.device_put(a, task_axis if axis == 0 else noise_axis)
     n_pad, t_pad = -(-N // D) * D, -(-T // B) * B
-    padded = [_pad(a, n_pad) for a in (flat, alpha, sigma, tau)]
+    inverse = _pad(inverse, n_pad)
+    distinct = [np.unique(inverse[i : i + D], return_inverse=True) for i in range(0, n_pad, D)]
+    U = max(len(rows) for rows, _ in distinct)  # distinct (θ, α) per block, padded to the largest (one compile)
+    sigma_pad, tau_pad = (_pad(a, n_pad) for a in (sigma, tau))
     fields = (*tasks.support(), tasks.x_query, tasks.query_mask)
     data = [None if a is None else _pad(np.asarray(a), t_pad) for a in fields]
     run = _kernel(spec, regression=regression, has_alpha=has_alpha, want_params=return_params)
@@ -366,11 +390,15 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
 
     def steps():
         pending = None
-        for i in range(0, n_pad, D):
+        for b, i in enumerate(range(0, n_pad, D)):
+            rows, local = distinct[b]
+            rows = first_of[_pad(rows, U)]
+            draw_args = (flat[rows], alpha[rows], local.reshape(-1).astype(np.int32), sigma_pad[i : i + D],
+                         tau_pad[i : i + D])
             for j in range(0, t_pad, B):
                 args = [None if a is None else put(a[j : j + B]) for a in data]
                 eps = put(_noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression), 1)
-                res = run(eps, *(a[i : i + D] for a in padded), *args)
+                res = run(eps, *draw_args, *args)
                 if pending is not None:
                     yield finish(*pending)
                 pending = (i, j, res)
