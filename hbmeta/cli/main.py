@@ -25,6 +25,8 @@ _RUN_EXAMPLES = """examples:
   hbmeta run sinusoid --method nuts inference.nuts.num_samples=400 --set maml.num_iterations=20000
   hbmeta run runs/sinusoid-20250101-120000/config.toml     reproduce a run
   hbmeta run blobs --toy                       every size capped: a run in seconds
+  hbmeta run linear tasks.store=my_store --method svi inference.svi.subsample_size=100
+                                               many tasks from a store on disk (hbmeta.save_task_store)
 """
 
 _FIT_EXAMPLES = """examples:
@@ -198,6 +200,9 @@ def _cmd_job(a, *, fit_only: bool) -> int:
 
         initialize()
     train_tasks = None
+    if getattr(a, "tasks", None) and cfg.tasks.store:
+        raise CommandError(f"--tasks {a.tasks} with tasks.store = {cfg.tasks.store!r}; expected one source of "
+                           "training tasks")
     if getattr(a, "tasks", None):
         from hbmeta.cli.userdata import read_tasks
 

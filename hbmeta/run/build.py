@@ -165,6 +165,8 @@ def method_settings(cfg: Config, method: str | None = None) -> dict:
                "optimizer": make_optimizer("adam", s.learning_rate)}
         if s.guide == "low_rank" and s.rank > 0:
             out["rank"] = s.rank
+        if s.subsample_size > 0:
+            out["subsample_size"] = s.subsample_size
         return out
     if method == "laplace":
         return {"num_steps": s.num_steps, "num_draws": s.num_draws,

@@ -74,13 +74,28 @@ class Config:
         name = "nuts" if method == "hmc" else method
         return getattr(self.inference, name, None)
 
+    @property
+    def store_read_lazily(self) -> bool:
+        """Whether the run reads its ``tasks.store`` a few tasks a step: MAML, or SVI with a ``subsample_size``.
+
+        Every other method scores every training task a step, and the store is then loaded whole.
+        """
+        m = self.inference.method
+        return bool(self.tasks.store) and (m == "maml" or (m == "svi" and self.inference.svi.subsample_size > 0))
+
     def effective(self) -> Config:
-        """The configuration that runs: with ``run.toy``, every size capped to :data:`TOY_CAPS`."""
+        """The configuration that runs: with ``run.toy``, every size capped to :data:`TOY_CAPS`.
+
+        A task store read a few tasks a step (:attr:`store_read_lazily`) keeps its count: the cost of a
+        step does not grow with it.
+        """
         if not self.run.toy:
             return self
         cfg = self
         for path, caps in TOY_CAPS.items():
             cfg = _replace_path(cfg, path, caps)
+        if self.store_read_lazily:
+            cfg = replace(cfg, tasks=replace(cfg.tasks, num_train=self.tasks.num_train))
         n = cfg.family.points_multiple  # blobs: point counts stay multiples of the number of classes
         counts = {k: max(n, getattr(cfg.tasks, k) // n * n) for k in ("num_support", "num_query", "num_test_query")}
         return replace(cfg, tasks=replace(cfg.tasks, **counts))
@@ -189,7 +204,12 @@ def _resolve_auto(cfg: Config) -> Config:
 
 def _cross_check(cfg: Config, where: str) -> None:
     _check_task_posterior(cfg, where)
+    _check_subsample(cfg, where)
     if cfg.data.path:
+        if cfg.tasks.store:
+            raise ValueError(f"{where}: tasks.store = {cfg.tasks.store!r} with a [data] table (data.path = "
+                             f"{cfg.data.path!r}); expected one source of training tasks: set tasks.store = \"\" "
+                             "or data.path = \"\"")
         _check_data(cfg, where)
         return
     fam, tasks = cfg.family, cfg.tasks
@@ -203,7 +223,7 @@ def _cross_check(cfg: Config, where: str) -> None:
             raise ValueError(f"{where}: network.kind = 'linear' needs a regression family; expected kind = 'mlp'")
         if cfg.network.hidden:
             raise ValueError(f"{where}: network.hidden = {list(cfg.network.hidden)} with kind = 'linear'; expected []")
-    if cfg.maml.meta_batch_size > tasks.num_train:
+    if cfg.maml.meta_batch_size > tasks.num_train and not tasks.store:  # a store: capped at its count
         raise ValueError(
             f"{where}: maml.meta_batch_size = {cfg.maml.meta_batch_size}; expected at most "
             f"tasks.num_train = {tasks.num_train}"
@@ -213,6 +233,20 @@ def _cross_check(cfg: Config, where: str) -> None:
         value = getattr(tasks, key)
         if value % n:
             raise ValueError(f"{where}: tasks.{key} = {value}; expected a multiple of family.num_classes = {n}")
+
+
+def _check_subsample(cfg: Config, where: str) -> None:
+    """SVI's ``subsample_size``: at most the training tasks; not with a joint guide over the per-task φ_j."""
+    svi = cfg.inference.svi
+    if not svi.subsample_size or cfg.inference.method != "svi":
+        return
+    if not cfg.data.path and not cfg.tasks.store and svi.subsample_size > cfg.tasks.num_train:
+        raise ValueError(f"{where}: inference.svi.subsample_size = {svi.subsample_size}; expected at most "
+                         f"tasks.num_train = {cfg.tasks.num_train} (or 0: every task)")
+    if cfg.prior.explicit_tau != "off" and svi.guide in ("low_rank", "full_rank"):
+        raise ValueError(f"{where}: inference.svi.subsample_size = {svi.subsample_size} with guide = {svi.guide!r} "
+                         f"and prior.explicit_tau = {cfg.prior.explicit_tau}; expected guide 'mean_field' or 'map' "
+                         "(a joint guide cannot subsample the per-task φ_j) or subsample_size = 0")
 
 
 def _check_task_posterior(cfg: Config, where: str) -> None:

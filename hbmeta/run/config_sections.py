@@ -31,6 +31,9 @@ class TasksSection:
     num_support: int = opt(5, "int", "support points per task (K shots)", lo=1)
     num_query: int = opt(10, "int", "query points per training task", lo=1)
     num_test_query: int = opt(50, "int", "query points per held-out task (scored)", lo=1)
+    store: str = opt("", "str", "a task store directory (hbmeta.save_task_store), relative to the working "
+                     "directory: the training tasks instead of the [family]'s (num_train becomes its count; "
+                     "held-out tasks still come from the family); empty = the family's tasks")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class SVISection:
     num_steps: int = opt(_SVI["num_steps"], "int", "optimisation steps", lo=1)
     num_draws: int = opt(_SVI["num_draws"], "int", "draws from the fitted guide", lo=1)
     learning_rate: float = opt(METHODS["svi"].optimizer[1], "float", "Adam's learning rate", lo=0.0, strict=True)
+    subsample_size: int = opt(0, "int", "training tasks B scored per ELBO step (the ELBO scaled by T/B); 0 = every "
+                              "task; with tasks.store, B tasks are read from disk a step (0: the store is loaded "
+                              "whole)", lo=0)
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,7 @@ TOY_CAPS = {
     "tasks": {"num_train": 8, "num_test": 8, "num_query": 10, "num_test_query": 10},
     "maml": {"num_iterations": 30, "meta_batch_size": 4},
     "inference.nuts": {"num_chains": 2, "num_warmup": 15, "num_samples": 10, "max_tree_depth": 3},
-    "inference.svi": {"num_steps": 30, "num_draws": 10},
+    "inference.svi": {"num_steps": 30, "num_draws": 10, "subsample_size": 4},
     "inference.laplace": {"num_steps": 30, "num_draws": 10},
     "inference.svgd": {"num_particles": 4, "num_steps": 30},
     "inference.ensemble": {"num_members": 4, "num_iterations": 30, "meta_batch_size": 4},

@@ -13,7 +13,9 @@
    configuration, metrics, summary, pictures), atomically (see ``_rundir``).
 
 ``fit_only=True`` (``hbmeta fit``) stops after step 3 (plus diagnostics), and
-``train_tasks`` replaces the family's training set by the user's own tasks.
+``train_tasks`` replaces the family's training set by the user's own tasks. With
+``tasks.store`` the training tasks are those of a task store on disk (:func:`_store_plan`);
+the held-out tasks still come from the family.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from hbmeta.run.config import Config
 from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
 from hbmeta.run.rundir import RunWriter, new_run_path
 from hbmeta.run.scratch import ScratchWriter
+from hbmeta.run.store_plan import check_subsample_size, open_store, store_plan, store_tasks
 from hbmeta.run.table_data import data_metrics, load_table_data, write_group_pictures
 from hbmeta.tasks.batch import TaskBatch
 
@@ -130,7 +133,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             ``runs_dir/<model>-<timestamp>``.
         fit_only: stop after the posterior (no held-out evaluation).
         train_tasks: a :class:`~hbmeta.TaskBatch` of the user's training tasks
-            instead of the family's (implies no held-out evaluation).
+            instead of the family's (implies no held-out evaluation; not with ``tasks.store``).
         stream: where progress and the final table go (default: progress to
             standard error, the table to standard output).
         resume: the partial directory of an interrupted run of ``cfg`` (:func:`~hbmeta.run.rundir.find_partial`;
@@ -152,6 +155,15 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         ['maml', 'nuts']
     """
     check_type("cfg", cfg, Config, hint=" (from hbmeta.load_config)")
+    store, notes = None, []
+    if cfg.tasks.store:  # opened and checked before any work; config.toml records its absolute path and count
+        if train_tasks is not None:
+            raise ValueError(f"train_tasks were given with tasks.store = {cfg.tasks.store!r}; expected one of the two")
+        store = open_store(cfg)
+        if cfg.tasks.num_train != store.num_tasks:
+            notes.append(f"tasks.num_train = {cfg.tasks.num_train} replaced by the {store.num_tasks} tasks of "
+                         f"tasks.store ({store.directory})")
+        cfg = replace(cfg, tasks=replace(cfg.tasks, store=store.directory, num_train=store.num_tasks))
     eff = cfg.effective()
     if train_tasks is not None and eff.data.path:
         raise ValueError(f"train_tasks were given with a [data] table (data.path = {eff.data.path!r}); expected one of the two")
@@ -161,19 +173,34 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
     objects = _build.build_objects(eff, input_dim=None if data is None else data.input_dim)  # built once
     method, keys = objects.method, objects.keys
     evaluate_held_out = not fit_only and train_tasks is None and (data is None or data.test is not None)
+    devices = run_devices(eff.run.devices)
+    plan = None if store is None else store_plan(eff, store, method, objects.method_settings, devices)
+    num_train = (plan.num_tasks if plan is not None else data.train.tasks.num_tasks if data is not None
+                 else train_tasks.num_tasks if train_tasks is not None else eff.tasks.num_train)
+    check_subsample_size(eff, method, objects.method_settings, num_train)
+    if plan is not None and evaluate_held_out and plan.num_support != eff.tasks.num_support:
+        notes.append(f"the tasks of tasks.store have {plan.num_support} support points; the held-out tasks, drawn "
+                     f"from the family, have tasks.num_support = {eff.tasks.num_support}")
     main = is_main_process()  # in a distributed run every process computes; process 0 alone writes and prints
     final_path = new_run_path(cfg.model.name, out=out, runs_dir=runs_dir) if main else str(out or runs_dir)
-    devices = run_devices(eff.run.devices)
     stages = _Stages(5 if evaluate_held_out else 4, eff.run.progress and main, stream)
+    for note in notes if stages.enabled else ():
+        print(f"hbmeta: note: {note}", file=stages.stream, flush=True)
     writer = RunWriter(final_path, resume=resume) if main else ScratchWriter(final_path)
     try:
         writer.write_text("config.toml", cfg.to_toml())  # first: an interrupted run can be resumed from it
-        stages.start("tasks", "drawing tasks" if train_tasks is None and data is None else "checking the training tasks")
-        if data is not None:
+        stages.start("tasks", "drawing tasks" if train_tasks is None and data is None and plan is None else
+                     "checking the training tasks" if plan is None else
+                     f"training tasks of the store: {plan.describe}{'; drawing held-out tasks' if evaluate_held_out else ''}")
+        fit_tasks = None  # what MAML and the method train on, when not ``train`` itself (a store read lazily)
+        if plan is not None:
+            train, fit_tasks = store_tasks(plan, keys["train"])
+        elif data is not None:
             train = data.train.tasks
         else:
             train = _build.draw_tasks(objects.train_family, keys["train"], eff.tasks.num_train)[0] \
                 if train_tasks is None else train_tasks
+        fit_tasks = train if fit_tasks is None else fit_tasks
         test, test_params = None, None
         if evaluate_held_out and data is not None:
             test = data.test.tasks
@@ -187,11 +214,11 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                                      compare=eff.evaluation.compare_maml)
 
         stages.start("maml", f"meta-training MAML ({eff.maml.num_iterations} iterations, "
-                             f"meta-batch {min(eff.maml.meta_batch_size, train.num_tasks)} of {train.num_tasks} tasks)")
+                             f"meta-batch {min(eff.maml.meta_batch_size, num_train)} of {num_train} tasks)")
         maml = train_maml(
-            theta0, train, rule=objects.rule, key=keys["maml"],
+            theta0, fit_tasks, rule=objects.rule, key=keys["maml"],
             num_iterations=eff.maml.num_iterations, optimizer=objects.maml_optimizer,
-            meta_batch_size=min(eff.maml.meta_batch_size, train.num_tasks),
+            meta_batch_size=min(eff.maml.meta_batch_size, num_train),
             learn_step_size=eff.maml.learn_step_size, progress=eff.run.progress and main, devices=devices,
             chunk_size=min(1000, eff.run.checkpoint_every or 1000),
             checkpoint=Checkpointer(writer.checkpoint_path("maml"), every_steps=eff.run.checkpoint_every)
@@ -232,7 +259,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                 transitions = settings["num_warmup"] + settings["num_samples"]
                 settings["chunk_size"] = min(default_chunk_size(transitions), eff.run.checkpoint_every)
                 settings["checkpoint"] = Checkpointer(writer.checkpoint_path(method))
-            post = infer(spec, train, method=method, key=keys["infer"], init=init,
+            post = infer(spec, fit_tasks, method=method, key=keys["infer"], init=init,
                          progress=eff.run.progress and main, devices=devices, **settings)
             if "chain_method_reason" in post.info and stages.enabled:
                 print(f"hbmeta: note: {post.info['chain_method_reason']}", file=stages.stream, flush=True)
@@ -245,9 +272,12 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         metrics = {
             "model": cfg.model.name, "method": method, "task_posterior": eff.task_posterior.kind,
             "seed": eff.run.seed, "toy": eff.run.toy,
-            "num_parameters": spec.num_params, "num_train_tasks": train.num_tasks,
+            "num_parameters": spec.num_params, "num_train_tasks": num_train,
             "maml_final_loss": float(np.mean(maml.losses[-max(1, len(maml.losses) // 20):])),
         }
+        if plan is not None:
+            metrics["tasks_store"] = {"path": store.directory, "num_tasks": store.num_tasks, "loaded": not plan.lazy,
+                                      "summary_tasks": train.num_tasks, "describe": plan.describe}
         if "skipped_steps" in post.info:
             metrics["skipped_steps"] = int(post.info["skipped_steps"])
         fold = post.info.get("holdout_noise") if method == "ensemble" else None
@@ -283,7 +313,8 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         if data is not None:
             metrics["data"] = data_metrics(data)
         stages.start("write", "diagnostics, pictures and files")
-        exact = exact_comparison(objects, spec, post, train)
+        # the exact posterior is that of every training task: not with a subset of a store
+        exact = exact_comparison(objects, spec, post, train) if train.num_tasks == num_train else None
         if exact is not None:
             metrics["exact_posterior"] = exact
         diagnosis = _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, test_params,

@@ -164,6 +164,11 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
         + (" (" + ", ".join(f"{f}={getattr(settings, f)}" for f in settings.__dataclass_fields__) + ")"
            if settings is not None else ""),
     ]
+    store = metrics.get("tasks_store")
+    if store:  # the line after the family's: where the training tasks came from
+        lines.insert(3, f"training tasks: tasks.store {store['path']}: {store['describe']}"
+                        + ("" if store["summary_tasks"] == metrics["num_train_tasks"] else
+                           f"; posterior.nc and MAML's σ on {store['summary_tasks']} of them (seeded)"))
     fold = metrics.get("holdout_fit")
     if fold:  # the ensemble's σ, τ and tails, fitted on the tasks each member left out
         line = (f"  σ and τ fitted on held-out folds of the training tasks: mixture scale c = {_fmt(fold['scale'])}, "

@@ -279,13 +279,17 @@ def _read_json(path, what):
         raise BadFileError(path, f"is not valid JSON ({e}): a damaged {what}") from None
 
 
+ADDED_KEYS = frozenset({"tasks.store", "inference.svi.subsample_size"})
+"""Keys newer than some run directories, whose defaults (no store, every task a step) are what those runs did."""
+
+
 def _load_run_config(path):
     """The run's config.toml: readable, every key written out (a cut-off file misses some), and valid."""
     file = check_readable(os.path.join(path, "config.toml"), "run configuration")
     cfg = load_config(file)
     with open(file, "rb") as fh:
         raw = tomllib.loads(fh.read().decode("utf-8", errors="replace"))
-    missing = _missing_keys(cfg.to_dict(), raw)
+    missing = [k for k in _missing_keys(cfg.to_dict(), raw) if k not in ADDED_KEYS]
     if missing:
         raise BadFileError(file, f"lacks {missing[0]} (and {len(missing) - 1} more keys): cut off or edited; "
                                  "expected the fully resolved configuration that a run writes")
