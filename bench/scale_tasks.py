@@ -12,7 +12,10 @@ in a fresh process so that its peak resident memory (``ru_maxrss``) is its own.
 The ELBO step is the one ``run_svi`` takes (hbmeta's model and mean-field
 guide, NumPyro's ``SVI.stable_update``), compiled once as a scan of
 ``--chunk`` steps; after two untimed calls the median of ``--repeats`` timed
-calls gives the time per step, so compilation is never timed. The baseline,
+calls gives the time per step, so compilation is never timed. Every (store, T)
+process runs once in each of ``--rounds`` rounds, in alternating order, and the
+table gives the median over rounds (with the smallest and largest): at about
+2 ms a step, a busy spell of the machine otherwise lands on one T alone. The baseline,
 measured in the same run, is the smallest T; the table gives each T's ratio to
 it (target: within 1.2 from 10³ to 10⁶).
 
@@ -32,6 +35,8 @@ import resource
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 
 def one(num_tasks: int, store: str, subsample: int, chunk: int, repeats: int) -> dict:
@@ -94,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--subsample", type=int, default=100, help="tasks per ELBO step (B)")
     p.add_argument("--chunk", type=int, default=200, help="ELBO steps per timed compiled call")
     p.add_argument("--repeats", type=int, default=5, help="timed calls (the median is reported)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every (store, T) (median reported)")
     p.add_argument("--stores", nargs="+", default=["generated", "stored", "disk"], choices=["generated", "stored", "disk"])
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--store", default="generated", help=argparse.SUPPRESS)
@@ -101,22 +107,33 @@ def main(argv=None) -> int:
     if a.one is not None:
         print("RESULT", json.dumps(one(a.one, a.store, a.subsample, a.chunk, a.repeats)), flush=True)
         return 0
-    for store in a.stores:
-        rows = []
-        for t in a.tasks:
+    # Every (store, T) runs once per round, in an order that alternates between rounds, so that a slow spell
+    # of the machine falls on all T alike; each row is the median over rounds (min and max beside it).
+    combos = [(store, t) for store in a.stores for t in a.tasks]
+    runs: dict = {c: [] for c in combos}
+    for r in range(a.rounds):
+        for store, t in combos if r % 2 == 0 else combos[::-1]:
             cmd = [sys.executable, __file__, "--one", str(t), "--store", store, "--subsample", str(a.subsample),
                    "--chunk", str(a.chunk), "--repeats", str(a.repeats)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:]))
-            print(f"  {store}, T = {t:>9,}: {rows[-1]['ms_per_step']:.3f} ms/step", file=sys.stderr, flush=True)
+            runs[store, t].append(json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:]))
+            print(f"  round {r + 1}/{a.rounds}, {store}, T = {t:>9,}: {runs[store, t][-1]['ms_per_step']:.3f} ms/step",
+                  file=sys.stderr, flush=True)
+    for store in a.stores:
+        rows = []
+        for t in a.tasks:
+            ms = [x["ms_per_step"] for x in runs[store, t]]
+            rows.append({**runs[store, t][0], "ms_per_step": float(np.median(ms)), "ms_min": min(ms),
+                         "ms_max": max(ms), "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[store, t])})
         base = rows[0]["ms_per_step"]
         print(f"\nSVI, mean-field, B = {a.subsample} tasks per step, sinusoid 1-40-40-1, tasks {store} "
-              f"(baseline: T = {rows[0]['tasks']:,}, same run; target: ratio within 1.2)")
+              f"(baseline: T = {rows[0]['tasks']:,}, same run; median of {a.rounds} interleaved rounds; target: ratio "
+              "within 1.2)")
         what = "task files MB" if store == "disk" else "task arrays MB"
-        print(f"{'T':>10} {'ms/step':>9} {'ratio':>7} {'peak RSS MB':>12} {what:>15}")
+        print(f"{'T':>10} {'ms/step':>9} {'min..max':>15} {'ratio':>7} {'peak RSS MB':>12} {what:>15}")
         for r in rows:
-            print(f"{r['tasks']:>10,} {r['ms_per_step']:>9.3f} {r['ms_per_step'] / base:>7.2f} "
-                  f"{r['peak_rss_mb']:>12.0f} {r['tasks_mb']:>15.1f}")
+            print(f"{r['tasks']:>10,} {r['ms_per_step']:>9.3f} {r['ms_min']:>7.3f}..{r['ms_max']:<7.3f} "
+                  f"{r['ms_per_step'] / base:>7.2f} {r['peak_rss_mb']:>12.0f} {r['tasks_mb']:>15.1f}")
     return 0
 
 
