@@ -3,7 +3,10 @@
 ``checks(n)`` computes each path once with ``devices=None`` and once split over
 ``n`` devices and returns ``{name: relative difference}``, plus the
 ``shard_map`` trap (a naive ``grad`` inside ``shard_map``) as a difference
-that must be large. ``python tests/_scale_checks.py N [--no-samplers]`` prints the same as
+that must be large. Beside the task axis, the axes of independent units: the
+ensemble's members spread over the ``n`` devices against all on one, and (for
+``n = 2``) NUTS's 2 chains one per device (``chain_method="parallel"``) against
+vectorised; the choices' reasons are returned as strings. ``python tests/_scale_checks.py N [--no-samplers]`` prints the same as
 JSON (the test runs it in a fresh process with N simulated CPU devices);
 ``--no-samplers`` leaves out NUTS, SVI, SVGD and Laplace (their potential is
 the log density checked anyway) and scores the predictive with MAML's θ.
@@ -70,6 +73,21 @@ def checks(n: int, *, samplers: bool = True) -> dict:
     unsharded = jax.jit(jax.grad(lambda th: log_density(model, (tasks,), {}, {"theta": th, "noise": 0.3})[0]))
     out["unsharded_all_reduces"] = unsharded.lower(flat).compile().as_text().count("all-reduce")
 
+    # the ensemble's members spread over the n devices (one compiled loop, partitioned along the members)
+    # against all on one device: the same arithmetic, member by member
+    ens = dict(key=jax.random.key(11), num_members=4, init=net.init, num_iterations=20, meta_batch_size=4,
+               progress=False)
+    e1 = hb.run_ensemble(spec, tasks, member_devices=None, **ens)
+    en = hb.run_ensemble(spec, tasks, **ens)
+    out["ensemble_theta"] = _rel(en.samples["theta"], e1.samples["theta"])
+    out["ensemble_noise"] = _rel(en.samples["noise"], e1.samples["noise"])
+    out["ensemble_losses"] = _rel(en.info["losses"], e1.info["losses"])
+    out["ensemble_reasons"] = [e1.info["member_devices_reason"], en.info["member_devices_reason"]]
+    out["ensemble_devices"] = [e1.settings["member_devices"], en.settings["member_devices"]]
+    from hbmeta.inference.ensemble import choose_member_devices
+
+    out["member_reasons"] = [choose_member_devices(m)[1] for m in (1, 2, 3, 6)]  # nothing compiled
+
     init = hb.maml_posterior(spec, theta, tasks)
     out["num_devices"] = n
     if not samplers:  # the paths that are not the samplers', with MAML's posterior
@@ -80,6 +98,10 @@ def checks(n: int, *, samplers: bool = True) -> dict:
     pn = hb.infer(spec, tasks, devices=n, **nuts)
     out["nuts_theta"] = _rel(pn.samples["theta"], p1.samples["theta"])
     out["nuts_chain_method"] = pn.settings["chain_method"] + " | " + pn.info["chain_method_reason"]
+    if n == 2:  # 2 chains, one per device (pmap; with more devices the same 2 devices, so checked once)
+        pp = hb.infer(spec, tasks, **nuts)
+        out["nuts_parallel_theta"] = _rel(pp.samples["theta"], p1.samples["theta"])
+        out["nuts_parallel_method"] = pp.settings["chain_method"] + " | " + pp.info["chain_method_reason"]
 
     svi = dict(method="svi", key=jax.random.key(4), init=init, num_steps=40, num_draws=20, progress=False)
     s1, sn = hb.infer(spec, tasks, **svi), hb.infer(spec, tasks, devices=n, **svi)

@@ -2,13 +2,16 @@
 
 The 2-device checks run in this process (tests/conftest.py gives it two CPU
 devices); the 4-device ones in a fresh process started with four, since the
-device count is fixed when JAX starts. On 4 devices the samplers (NUTS, SVI,
-SVGD, Laplace: compile-heavy, and their sharded part is the log density and
-its gradient, checked there) are left out to keep the suite's time down. The paths: MAML's meta-training, the
-model's log density and gradient (what NUTS, HMC and SVI differentiate), NUTS,
-SVI, SVGD, Laplace, the predictive and the per-task log-likelihood (on a task
-count that is not a multiple of the devices), and hbmeta's ``task_map``
-against a naive ``grad`` inside ``shard_map``, which must come out wrong.
+device count is fixed when JAX starts, while this one does the 2-device ones.
+The paths, on both: MAML's meta-training, the model's log density and gradient
+(what NUTS, HMC and SVI differentiate), NUTS, SVI, SVGD, Laplace, the
+predictive and the per-task log-likelihood (on a task count that is not a
+multiple of the devices), and hbmeta's ``task_map`` against a naive ``grad``
+inside ``shard_map``, which must come out wrong. Beside the tasks, the
+independent units spread over the devices: the ensemble's members
+(``member_devices``) against all on one device, and (on 2 devices) NUTS's 2
+chains one per device (``chain_method="parallel"``) against ``"vectorized"``,
+with the reason for each choice in words.
 """
 
 import json
@@ -20,6 +23,7 @@ import jax
 import pytest
 
 import hbmeta as hb
+from hbmeta.inference.ensemble import choose_member_devices
 from hbmeta.inference.nuts import choose_chain_method
 from hbmeta.tasks.sharding import check_divisible, resolve_mesh, task_mesh
 
@@ -32,16 +36,17 @@ RTOL = 1e-5  # float32, relative
 # differently ordered sum; 1e-3 relative still tells a wrong split (a missing or doubled task moves θ by ~1e-1).
 RTOL_OPTIMISED = {"laplace_theta": 1e-3}
 EQUAL = ["maml_losses", "maml_params", "log_density", "log_density_grad", "closed_log_density_grad", "nuts_theta",
-         "svi_losses", "svi_theta", "svgd_theta", "laplace_theta", "predictive_mean", "predictive_y",
-         "log_likelihood", "task_map_losses", "task_map_meta_grad"]
-SAMPLERS = {"nuts", "svi", "svgd", "laplace"}  # checked on 2 devices only
+         "nuts_parallel_theta", "svi_losses", "svi_theta", "svgd_theta", "laplace_theta",
+         "predictive_mean", "predictive_y", "log_likelihood", "task_map_losses", "task_map_meta_grad",
+         "ensemble_theta", "ensemble_noise", "ensemble_losses"]
+TWO_ONLY = {"nuts_parallel_theta"}  # 2 chains take 2 devices however many there are: checked on 2 only
 
 
 @pytest.fixture(scope="module")
 def results():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), JAX_PLATFORMS="cpu")
     # the 4-device process runs while this one does the 2-device checks (each compile-bound on one core)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4", "--no-samplers"],
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_scale_checks.py"), "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         two = _scale_checks.checks(2)
@@ -59,13 +64,31 @@ def results():
 def test_sharded_paths_equal_unsharded(results, n):
     r = results[n]
     assert r["num_devices"] == n
-    keys = EQUAL if n == 2 else [k for k in EQUAL if k.split("_")[0] not in SAMPLERS]
+    keys = EQUAL if n == 2 else [k for k in EQUAL if k not in TWO_ONLY]
     bad = {k: r[k] for k in keys if not r[k] <= RTOL_OPTIMISED.get(k, RTOL)}
     assert not bad, bad
     # the compiled potential really is split: it sums the tasks' terms across devices (and without devices= not)
     assert r["closed_all_reduces"] > 0 and r["unsharded_all_reduces"] == 0
+    assert r["nuts_chain_method"].startswith(f"vectorized | 2 chains vectorised; the tasks are split over {n}")
     if n == 2:
-        assert r["nuts_chain_method"].startswith(f"vectorized | 2 chains vectorised; the tasks are split over {n}")
+        assert r["nuts_parallel_method"] == "parallel | 2 chains in parallel, one per device (2 devices)"
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_members_spread_over_the_devices(results, n):
+    r = results[n]
+    assert r["ensemble_devices"] == [1, n]
+    assert r["ensemble_reasons"] == ["4 members vectorised on one device, as asked",
+                                     f"4 members spread over {n} devices, {4 // n} per device"]
+    # auto: the most devices that divide the count evenly, else one device
+    spread = {2: "2 members spread over 2 devices, 1 per device",
+              3: {2: "3 members vectorised on one device (3 do not split evenly over 2 devices)",
+                  4: "3 members spread over 3 devices, 1 per device (of 4 devices: the most that divide 3 evenly)"}[n],
+              6: {2: "6 members spread over 2 devices, 3 per device",
+                  4: "6 members spread over 3 devices, 2 per device (of 4 devices: the most that divide 6 evenly)"}[n]}
+    if n == 4:
+        spread[2] += " (of 4 devices: the most that divide 2 evenly)"
+    assert r["member_reasons"] == ["one member", spread[2], spread[3], spread[6]]
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -106,6 +129,21 @@ def test_bad_task_counts_fail_before_compiling():
                       num_iterations=1, meta_batch_size=3, devices=2, progress=False)
     with pytest.raises(ValueError, match="chain_method='parallel' with the tasks split over 2 devices"):
         hb.run_nuts(spec, tasks.take(slice(0, 2)), key=0, devices=2, chain_method="parallel", progress=False)
+
+
+def test_member_devices_are_checked_before_compiling():
+    assert choose_member_devices(4, 1) == (None, "4 members vectorised on one device, as asked")
+    mesh, reason = choose_member_devices(4, 2)
+    assert mesh.axis_names == ("members",) and reason == "4 members spread over 2 devices, 2 per device, as asked"
+    with pytest.raises(ValueError, match=r"member_devices=2 gives 2 devices for 3 members; expected a device count "
+                                         r"that divides 3 \(or member_devices='auto'\)"):
+        choose_member_devices(3, 2)
+    with pytest.raises(ValueError, match=r"member_devices=3; expected a count in \[1, 2\]"):
+        choose_member_devices(4, 3)
+    with pytest.raises(ValueError, match="member_devices='all'; expected 'auto', None, a device count"):
+        choose_member_devices(4, "all")
+    with pytest.raises(ValueError, match="member_devices is a Mesh with axes \\('tasks',\\); expected one named 'members'"):
+        choose_member_devices(4, task_mesh())
 
 
 def test_chain_method_is_chosen_from_the_devices():

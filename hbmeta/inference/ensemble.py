@@ -4,9 +4,13 @@ Member ``m`` starts at its own initialisation ``θ_m⁰ = init(key_m)``, meta-tr
 with MAML (Algorithm 1, :func:`~hbmeta.maml_update`) on its own subset of the
 training tasks and with its own order of meta-batches. All members run in one
 compiled loop (``jax.vmap`` over members inside one ``lax.scan``), not M
-sequential trainings. The result is a :class:`~hbmeta.Posterior` whose chain
-axis is the member (one draw each), so the predictive is the equal-weight
-mixture ``(1/M) Σ_m N(f_φ̂_m(x), σ_m²)`` with ``φ̂_m = adapt(θ_m, S*)``.
+sequential trainings; with several devices the members are spread over them
+(:func:`choose_member_devices`): each device trains its own members, nothing
+passes between them, and the result is the one-device result (to float32's
+last bits: a smaller batch may compile to differently ordered sums). The
+result is a :class:`~hbmeta.Posterior` whose chain axis is the member (one
+draw each), so the predictive is the equal-weight mixture
+``(1/M) Σ_m N(f_φ̂_m(x), σ_m²)`` with ``φ̂_m = adapt(θ_m, S*)``.
 Deep ensembles approximate the predictive of full-batch HMC on neural networks
 about as well as stochastic-gradient MCMC and better than mean-field VI
 (Izmailov et al. 2021); each member is one mode of the posterior.
@@ -35,6 +39,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from hbmeta.base.jax_checks import as_key
 from hbmeta.base.progress import run_in_chunks
@@ -45,6 +50,7 @@ from hbmeta.maml.train import _DEFAULT_OPTIMIZER, init_maml, maml_update
 from hbmeta.model.hierarchical import check_tasks
 from hbmeta.model.posterior import Posterior
 from hbmeta.model.spec import ModelSpec
+from hbmeta.tasks.sharding import resolve_mesh
 
 HOLDOUTS = ("folds", "none")
 
@@ -113,6 +119,79 @@ def _member_inits(init, spec: ModelSpec, keys, num_members: int):
     return params
 
 
+def spread_over_devices(count: int, asked="auto", *, noun: str, argument: str):
+    """``(mesh, reason)``: the devices ``count`` independent units (e.g. members) are spread over, and why.
+
+    ``mesh`` is a one-axis Mesh named ``noun`` (None: one device) and
+    ``reason`` says the choice in words for the user. ``asked`` is the
+    value of the argument called ``argument``: ``"auto"`` takes the largest
+    number of this process's devices that divides ``count`` (all of them
+    when ``count`` is a multiple of the device count), so that every device
+    holds the same number; with one device, no such split or several
+    processes, all stay vectorised on one device. None or 1 keeps them on
+    one device; an int ``n``, a list of devices or a Mesh with a ``noun`` axis
+    (:func:`hbmeta.tasks.sharding.resolve_mesh`) spreads them over those
+    devices, whose count must divide ``count``.
+
+    Example:
+        >>> spread_over_devices(4, None, noun="members", argument="member_devices")
+        (None, '4 members vectorised on one device, as asked')
+    """
+    if isinstance(asked, str):
+        if asked != "auto":
+            raise ValueError(f"{argument}={asked!r}; expected 'auto', None, a device count, a list of devices "
+                             "or a jax Mesh")
+        n = jax.local_device_count()
+        if count == 1:
+            return None, f"one {noun.removesuffix('s')}"
+        if n == 1:
+            return None, f"{count} {noun} vectorised on one device (only one device)"
+        if jax.process_count() > 1:
+            return None, (f"{count} {noun} vectorised where the tasks are (a run over {jax.process_count()} "
+                          "processes)")
+        d = max(k for k in range(1, min(n, count) + 1) if count % k == 0)
+        if d == 1:
+            over = "2 devices" if n == 2 else f"any 2 to {n} devices"
+            return None, f"{count} {noun} vectorised on one device ({count} do not split evenly over {over})"
+        mesh = resolve_mesh(jax.local_devices()[:d], axis_name=noun)
+        of = "" if d == n else f" (of {n} devices: the most that divide {count} evenly)"
+        return mesh, f"{count} {noun} spread over {d} devices, {count // d} per device{of}"
+    try:
+        mesh = resolve_mesh(asked, axis_name=noun)
+    except ValueError as e:  # its message names the argument devices=: name this one instead
+        raise ValueError(argument + str(e)[len("devices"):]) from e
+    if mesh is None:
+        return None, f"{count} {noun} vectorised on one device, as asked"
+    d = mesh.devices.size
+    if count % d:
+        raise ValueError(f"{argument}={asked!r} gives {d} devices for {count} {noun}; expected a device count "
+                         f"that divides {count} (or {argument}='auto')")
+    return mesh, f"{count} {noun} spread over {d} devices, {count // d} per device, as asked"
+
+
+def place_along(tree, mesh):
+    """Every leaf of ``tree`` (a leading member axis) split along it over ``mesh`` (None: as it is)."""
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
+
+
+def choose_member_devices(num_members: int, member_devices="auto"):
+    """``(mesh, reason)``: the devices the members train on (None: one device), and why, in words.
+
+    ``"auto"`` spreads them over the most of this process's devices that
+    divide ``num_members`` (all of them when ``num_members`` is a multiple of
+    the device count), else keeps them on one device; see
+    :func:`spread_over_devices` for the other values.
+
+    Example:
+        >>> choose_member_devices(4, None)
+        (None, '4 members vectorised on one device, as asked')
+    """
+    return spread_over_devices(num_members, member_devices, noun="members", argument="member_devices")
+
+
 def make_ensemble_loop(*, rule, optimizer, meta_batch_size: int):
     """A compiled ``loop(states, member_tasks, n) -> (states, losses (n, M))`` for M members at once.
 
@@ -156,6 +235,7 @@ def run_ensemble(
     holdout: str = "folds",
     tails: bool = True,
     chunk_size: int = 1000,
+    member_devices="auto",
     checkpoint=None,
     progress: bool = True,
 ) -> Posterior:
@@ -186,10 +266,25 @@ def run_ensemble(
             (:mod:`hbmeta.inference.holdout`), one draw per node; False keeps
             one Gaussian per member.
         chunk_size: iterations per compiled chunk (progress between chunks).
+        member_devices: where the members train. ``"auto"`` (default): spread
+            over this process's devices when there are several, each device
+            training the same number of members (the most devices that divide
+            ``num_members``; all of them when ``num_members`` is a multiple of
+            the device count), else all on one device. None or 1: all on one
+            device. An int ``n``, a list of devices or a Mesh with a
+            ``"members"`` axis: spread over those devices (their count must
+            divide ``num_members``). Members exchange nothing while they
+            train, so the result is the one-device result (to float32's last
+            bits); the choice
+            and its reason are in ``settings["member_devices"]`` (the device
+            count) and ``info["member_devices_reason"]``
+            (:func:`choose_member_devices`); the progress line ends with it
+            when the members are spread.
         checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`: every
             member's parameters, optimiser state and PRNG key are saved as it
             asks, and a later call with the same arguments continues from the
-            file, ending bit for bit where an uninterrupted one ends.
+            file, ending bit for bit where an uninterrupted one ends (with the
+            same ``member_devices``).
         progress: show progress on standard error.
 
     Returns:
@@ -205,8 +300,8 @@ def run_ensemble(
         exactly ``train_maml(init_m, tasks.take(train_index[m]),
         key=wrap_key_data(member_keys[m]), ...)``), ``holdout_noise``
         (the :class:`~hbmeta.inference.holdout.HoldoutNoise` or
-        :class:`~hbmeta.inference.holdout.TaskScale` figures as a dict, or None) and
-        ``wall_time`` (seconds).
+        :class:`~hbmeta.inference.holdout.TaskScale` figures as a dict, or None),
+        ``member_devices_reason`` and ``wall_time`` (seconds).
 
     Example:
         >>> import jax
@@ -245,25 +340,32 @@ def run_ensemble(
         )
     params = _member_inits(init, spec, jax.random.split(k_init, num_members), num_members)
     optimizer = _DEFAULT_OPTIMIZER if optimizer is None else optimizer
+    mesh, placement = choose_member_devices(num_members, member_devices)
+    num_devices = 1 if mesh is None else mesh.devices.size
+    where = f", {num_members // num_devices} per device on {num_devices} devices" if num_devices > 1 else ""
 
     start = time.perf_counter()
     member_keys = jax.random.split(k_train, num_members)
     states = jax.vmap(lambda p, k: init_maml(p, optimizer=optimizer, step_size=spec.rule.step_size, key=k))(
         params, member_keys
     )
-    member_tasks = jax.vmap(tasks.take)(jnp.asarray(train_index))
+    member_tasks = place_along(jax.vmap(tasks.take)(jnp.asarray(train_index)), mesh)
     loop = make_ensemble_loop(rule=spec.rule, optimizer=optimizer, meta_batch_size=meta_batch_size)
+    # the member axis split over the devices: jit partitions the vmap over members (GSPMD), each device trains its
+    # own; a state restored from a checkpoint (on one device) is placed the same way before its first chunk
     states, losses = run_in_chunks(
-        lambda s, n: loop(s, member_tasks, n),
-        states,
+        lambda s, n: loop(place_along(s, mesh), member_tasks, n),
+        place_along(states, mesh),
         num_iterations,
         chunk_size=chunk_size,
         label=f"ensemble meta-training ({num_members} members)",
         progress=progress,
-        describe=lambda chunk: f"meta-loss {float(np.mean(chunk[-min(50, len(chunk)):])):.4f} (mean of members)",
+        describe=lambda chunk: f"meta-loss {float(np.mean(chunk[-min(50, len(chunk)):])):.4f} (mean of members)"
+                               + where,
         checkpoint=checkpoint,
     )
-    flat = jax.vmap(spec.ravel)(states.params)
+    final = states.params if mesh is None else jax.device_get(states.params)  # the σ fit on one device, as unsplit
+    flat = jax.vmap(spec.ravel)(final)
     draws = {"theta": flat[:, None, :]}
     fitted = None
     lik = spec.likelihood
@@ -286,7 +388,7 @@ def run_ensemble(
     settings = json_settings(num_members=num_members, num_iterations=num_iterations,
                              meta_batch_size=meta_batch_size, optimizer="adam(1e-3)" if optimizer is
                              _DEFAULT_OPTIMIZER else optimizer, holdout=holdout, tails=tails,
-                             init=type(init).__name__)
+                             init=type(init).__name__, member_devices=num_devices)
     info = {
         "losses": np.asarray(losses).T,
         "member_keys": np.asarray(jax.random.key_data(member_keys)),
@@ -294,6 +396,7 @@ def run_ensemble(
         "holdout_index": holdout_index,
         "holdout_noise": None if fitted is None else {k: (np.asarray(v) if isinstance(v, np.ndarray) else v)
                                                       for k, v in fitted._asdict().items()},
+        "member_devices_reason": placement,
         "wall_time": wall,
     }
     return make_posterior(spec, draws, method="ensemble", settings=settings, info=info)

@@ -261,8 +261,10 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                 settings["checkpoint"] = Checkpointer(writer.checkpoint_path(method))
             post = infer(spec, fit_tasks, method=method, key=keys["infer"], init=init,
                          progress=eff.run.progress and main, devices=devices, **settings)
-            if "chain_method_reason" in post.info and stages.enabled:
-                print(f"hbmeta: note: {post.info['chain_method_reason']}", file=stages.stream, flush=True)
+            for reason in ("chain_method_reason", "member_devices_reason"):  # how chains or members used the devices
+                if reason in post.info and stages.enabled and (reason != "member_devices_reason" or
+                                                               post.settings.get("member_devices", 1) > 1):
+                    print(f"hbmeta: note: {post.info[reason]}", file=stages.stream, flush=True)
             skipped = int(post.info.get("skipped_steps", 0))
             if skipped and stages.enabled:
                 print(f"hbmeta: note: SVI skipped {skipped} of {len(post.info['losses'])} steps whose loss or "
