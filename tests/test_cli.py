@@ -340,6 +340,8 @@ def test_an_exception_or_ctrl_c_removes_the_partial_run(tmp_path, monkeypatch, c
         (["run", "linear", "--method", "mcmc"], "argument --method: invalid choice: 'mcmc'"),
         (["run", "linear", "--out", "full"], "--out 'full' already exists and is not an empty directory"),
         (["run", "linear", "sinusoid"], "two models given ('linear' and 'sinusoid')"),
+        (["run", "sinusoid", "--toy", "inference.ensemble.member_devices=3"],
+         "inference.ensemble.member_devices=3; expected a count in [1, 2]"),
         (["fit", "linear", "--tasks", "wrong.npz"], "tasks file wrong.npz: x_support has 1 input features; expected 3"),
         (["predict", "no/such/run", "--support", "s.csv"], "run directory 'no/such/run' does not exist"),
         (["diagnose", "full"], "'full' has no run.json: not a complete hbmeta run"),

@@ -255,3 +255,14 @@ def test_auto_task_posterior_is_on_for_the_folded_ensemble_only_and_written_reso
             load_config(str(path), method="nuts")
     else:
         assert load_config(str(path), method="nuts").task_posterior.kind == "adapted"
+
+
+def test_ensemble_member_devices_reaches_run_ensemble():
+    from hbmeta.run import build as _build
+
+    auto = load_config("sinusoid", [])
+    assert auto.inference.ensemble.member_devices == 0 and _build.method_settings(auto)["member_devices"] == "auto"
+    one = load_config("sinusoid", ["inference.ensemble.member_devices=1"])
+    assert _build.method_settings(one)["member_devices"] == 1
+    with pytest.raises(ValueError, match="inference.ensemble.member_devices = -1; expected"):
+        load_config("sinusoid", ["inference.ensemble.member_devices=-1"])

@@ -154,6 +154,8 @@ class EnsembleSection:
     tails: bool = opt(_ENSEMBLE["tails"], "bool",
                       "with the task-level posterior: each member's predictive a variance-preserving Student-t "
                       "(8 Gaussians), its ν chosen on the folds; false: one Gaussian")
+    member_devices: int = opt(0, "int", "devices the members train on: 0 = auto (the most local devices that divide "
+                              "the members), 1 = one device, n = n devices", lo=0)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from hbmeta.diagnostics.netcdf import to_netcdf
 from hbmeta.distributed import is_main_process
 from hbmeta.inference.chains import default_chunk_size
 from hbmeta.inference.dispatch import infer, maml_posterior
-from hbmeta.inference.ensemble import ensemble_train_size
+from hbmeta.inference.ensemble import choose_member_devices, ensemble_train_size
 from hbmeta.inference.holdout import TAIL_NODES
 from hbmeta.maml.evaluate import divergence_message, evaluate
 from hbmeta.maml.train import train_maml
@@ -178,6 +178,11 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
     num_train = (plan.num_tasks if plan is not None else data.train.tasks.num_tasks if data is not None
                  else train_tasks.num_tasks if train_tasks is not None else eff.tasks.num_train)
     check_subsample_size(eff, method, objects.method_settings, num_train)
+    if method == "ensemble":  # a device count this machine cannot give fails here, before any work
+        try:
+            choose_member_devices(objects.method_settings["num_members"], objects.method_settings["member_devices"])
+        except ValueError as e:
+            raise ValueError(f"{eff.source}: inference.ensemble.{e}") from None
     if plan is not None and evaluate_held_out and plan.num_support != eff.tasks.num_support:
         notes.append(f"the tasks of tasks.store have {plan.num_support} support points; the held-out tasks, drawn "
                      f"from the family, have tasks.num_support = {eff.tasks.num_support}")

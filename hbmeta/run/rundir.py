@@ -279,8 +279,9 @@ def _read_json(path, what):
         raise BadFileError(path, f"is not valid JSON ({e}): a damaged {what}") from None
 
 
-ADDED_KEYS = frozenset({"tasks.store", "inference.svi.subsample_size"})
-"""Keys newer than some run directories, whose defaults (no store, every task a step) are what those runs did."""
+ADDED_KEYS = frozenset({"tasks.store", "inference.svi.subsample_size", "inference.ensemble.member_devices"})
+"""Keys newer than some run directories, whose defaults (no store, every task a step, members on one device
+or spread as before) reproduce what those runs did."""
 
 
 def _load_run_config(path):
