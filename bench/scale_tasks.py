@@ -6,8 +6,9 @@ hold the T tasks: ``generated`` (``family.generated(key, T)``: task j is made
 from ``fold_in(key, j)`` when a step takes it, so nothing is stored) and
 ``stored`` (all T tasks as arrays on the device, ``family.sample(key, T)``), plus
 ``disk`` (the same generated tasks written to a memory-mapped task store,
-``hb.save_task_store``, 10⁵ at a time, then ``hb.open_task_store``: each step
-reads its B tasks from the files; the write is not timed). Each T runs
+``hb.save_task_store``, 10⁵ at a time, by a process of its own before anything
+is timed; the timed process only opens it, ``hb.open_task_store``, and each
+step reads its B tasks from the files). Each T runs
 in a fresh process so that its peak resident memory (``ru_maxrss``) is its own.
 The ELBO step is the one ``run_svi`` takes (hbmeta's model and mean-field
 guide, NumPyro's ``SVI.stable_update``), compiled once as a scan of
@@ -31,15 +32,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 
-def one(num_tasks: int, store: str, subsample: int, chunk: int, repeats: int) -> dict:
+def write_store(num_tasks: int, directory: str) -> None:
+    """The generated tasks of ``one`` written to a task store, 10⁵ at a time (run in its own process)."""
+    import jax
+
+    import hbmeta as hb
+
+    gen = hb.Sinusoid(num_support=5, num_query=10).generated(jax.random.key(1), num_tasks)
+    parts = (gen.take(jax.numpy.arange(a, min(a + 10**5, num_tasks))) for a in range(0, num_tasks, 10**5))
+    hb.save_task_store(directory, parts)
+
+
+def one(num_tasks: int, store: str, subsample: int, chunk: int, repeats: int, store_dir: str | None = None) -> dict:
     import jax
     import numpy as np
     from numpyro.infer import SVI, Trace_ELBO, init_to_uniform
@@ -54,14 +68,11 @@ def one(num_tasks: int, store: str, subsample: int, chunk: int, repeats: int) ->
     family = hb.Sinusoid(num_support=5, num_query=10)
     if store == "generated":
         tasks = family.generated(jax.random.key(1), num_tasks)
-    elif store == "disk":
+    elif store == "disk":  # the store was written by another process (write_store): this one only reads it
         import os
-        import tempfile
 
-        gen = family.generated(jax.random.key(1), num_tasks)
-        parts = (gen.take(jax.numpy.arange(a, min(a + 10**5, num_tasks))) for a in range(0, num_tasks, 10**5))
-        tmp = tempfile.TemporaryDirectory()
-        tasks = hb.save_task_store(os.path.join(tmp.name, "store"), parts)
+        tasks = hb.open_task_store(store_dir)
+        assert tasks.num_tasks == num_tasks, (tasks.num_tasks, num_tasks)
         disk_mb = sum(os.path.getsize(os.path.join(tasks.directory, f)) for f in os.listdir(tasks.directory)) / 2**20
     else:
         tasks = family.sample(jax.random.key(1), num_tasks)
@@ -103,10 +114,22 @@ def main(argv=None) -> int:
     p.add_argument("--stores", nargs="+", default=["generated", "stored", "disk"], choices=["generated", "stored", "disk"])
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--store", default="generated", help=argparse.SUPPRESS)
+    p.add_argument("--store-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--write-store", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.one is not None:
-        print("RESULT", json.dumps(one(a.one, a.store, a.subsample, a.chunk, a.repeats)), flush=True)
+    if a.one is not None and a.write_store:
+        write_store(a.one, a.store_dir)
         return 0
+    if a.one is not None:
+        print("RESULT", json.dumps(one(a.one, a.store, a.subsample, a.chunk, a.repeats, a.store_dir)), flush=True)
+        return 0
+    tmp = tempfile.TemporaryDirectory()
+    store_dirs = {}
+    if "disk" in a.stores:  # written once per T, each by a process of its own, before anything is timed
+        for t in a.tasks:
+            store_dirs[t] = os.path.join(tmp.name, f"store-{t}")
+            subprocess.run([sys.executable, __file__, "--one", str(t), "--write-store", "--store-dir", store_dirs[t]],
+                           check=True)
     # Every (store, T) runs once per round, in an order that alternates between rounds, so that a slow spell
     # of the machine falls on all T alike; each row is the median over rounds (min and max beside it).
     combos = [(store, t) for store in a.stores for t in a.tasks]
@@ -115,6 +138,8 @@ def main(argv=None) -> int:
         for store, t in combos if r % 2 == 0 else combos[::-1]:
             cmd = [sys.executable, __file__, "--one", str(t), "--store", store, "--subsample", str(a.subsample),
                    "--chunk", str(a.chunk), "--repeats", str(a.repeats)]
+            if store == "disk":
+                cmd += ["--store-dir", store_dirs[t]]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             runs[store, t].append(json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:]))
             print(f"  round {r + 1}/{a.rounds}, {store}, T = {t:>9,}: {runs[store, t][-1]['ms_per_step']:.3f} ms/step",
