@@ -6,7 +6,7 @@
 that must be large. Beside the task axis, the axes of independent units: the
 ensemble's members spread over the ``n`` devices against all on one, and (for
 ``n = 2``) NUTS's 2 chains one per device (``chain_method="parallel"``) against
-vectorised; the choices' reasons are returned as strings. ``python tests/_scale_checks.py N [--no-samplers]`` prints the same as
+vectorised; the choices' reasons are returned as strings. ``python tests/_scale_checks.py N [--no-samplers] [--real-devices]`` prints the same as
 JSON (the test runs it in a fresh process with N simulated CPU devices);
 ``--no-samplers`` leaves out NUTS, SVI, SVGD and Laplace (their potential is
 the log density checked anyway) and scores the predictive with MAML's θ.
@@ -154,8 +154,10 @@ def _predictive_and_task_map(out, n, s1, mesh, rule, theta, tasks):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if "--real-devices" not in sys.argv:  # N simulated CPU devices; --real-devices: the accelerators JAX finds
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+    if "--real-devices" not in sys.argv:
+        jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
     print("RESULT " + json.dumps(checks(int(sys.argv[1]), samplers="--no-samplers" not in sys.argv)))
