@@ -193,3 +193,61 @@ def to_host(tree):
     if all(getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(tree)):
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)  # every process takes part, each gets the whole
+
+
+def spread_over_devices(count: int, asked="auto", *, noun: str, argument: str):
+    """``(mesh, reason)``: the devices ``count`` independent units (e.g. members) are spread over, and why.
+
+    ``mesh`` is a one-axis Mesh named ``noun`` (None: one device) and
+    ``reason`` says the choice in words for the user. ``asked`` is the
+    value of the argument called ``argument``: ``"auto"`` takes the largest
+    number of this process's devices that divides ``count`` (all of them
+    when ``count`` is a multiple of the device count), so that every device
+    holds the same number; with one device, no such split or several
+    processes, all stay vectorised on one device. None or 1 keeps them on
+    one device; an int ``n``, a list of devices or a Mesh with a ``noun`` axis
+    (:func:`hbmeta.tasks.sharding.resolve_mesh`) spreads them over those
+    devices, whose count must divide ``count``.
+
+    Example:
+        >>> spread_over_devices(4, None, noun="members", argument="member_devices")
+        (None, '4 members vectorised on one device, as asked')
+    """
+    if isinstance(asked, str):
+        if asked != "auto":
+            raise ValueError(f"{argument}={asked!r}; expected 'auto', None, a device count, a list of devices "
+                             "or a jax Mesh")
+        n = jax.local_device_count()
+        if count == 1:
+            return None, f"one {noun.removesuffix('s')}"
+        if n == 1:
+            return None, f"{count} {noun} vectorised on one device (only one device)"
+        if jax.process_count() > 1:
+            return None, (f"{count} {noun} vectorised where the tasks are (a run over {jax.process_count()} "
+                          "processes)")
+        d = max(k for k in range(1, min(n, count) + 1) if count % k == 0)
+        if d == 1:
+            over = "2 devices" if n == 2 else f"any 2 to {n} devices"
+            return None, f"{count} {noun} vectorised on one device ({count} do not split evenly over {over})"
+        mesh = resolve_mesh(jax.local_devices()[:d], axis_name=noun)
+        of = "" if d == n else f" (of {n} devices: the most that divide {count} evenly)"
+        return mesh, f"{count} {noun} spread over {d} devices, {count // d} per device{of}"
+    try:
+        mesh = resolve_mesh(asked, axis_name=noun)
+    except ValueError as e:  # its message names the argument devices=: name this one instead
+        raise ValueError(argument + str(e)[len("devices"):]) from e
+    if mesh is None:
+        return None, f"{count} {noun} vectorised on one device, as asked"
+    d = mesh.devices.size
+    if count % d:
+        raise ValueError(f"{argument}={asked!r} gives {d} devices for {count} {noun}; expected a device count "
+                         f"that divides {count} (or {argument}='auto')")
+    return mesh, f"{count} {noun} spread over {d} devices, {count // d} per device, as asked"
+
+
+def place_along(tree, mesh):
+    """Every leaf of ``tree`` (a leading member axis) split along it over ``mesh`` (None: as it is)."""
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
