@@ -35,6 +35,9 @@ Methods (every Bayesian one started at MAML's θ, or at the ensemble's members):
   MCLMC, 1 for NUTS), σ fixed at the ensemble's; per-mode diagnostics
   (R-hat within each mode, stratified ESS of the equal-weight mixture) on
   predictions at 10 fixed inputs of one *training* task, and ESS per second.
+- ``nuts_ll``: NUTS in the last-layer subspace (``run_nuts(subspace="last_layer")``),
+  2 chains from each ensemble member, each whitened at its Laplace mode, σ
+  inferred; the same per-mode diagnostics.
 
 The task-level variants of SVGD, Laplace, NUTS and MCLMC are not run: their
 gradients go through the task-level model (about 80× the cost per gradient).
@@ -82,7 +85,7 @@ from ambiguity import ambiguous_tasks, classify
 
 HELDOUT_SEED = 9_600_600  # the held-out tasks' own seed: never used for training, tuning or any choice
 METHODS = ("maml", "maml+task", "ensemble", "ensemble+task", "svi", "svi+task", "laplace", "ens_laplace", "svgd",
-           "mclmc", "nuts")
+           "mclmc", "nuts", "nuts_ll")
 RUNS = ("sinusoid:100", "sinusoid:1000", "bmaml:100", "sinusoid_line:100", "blobs:100")
 
 
@@ -112,9 +115,11 @@ def sizes(quick):
     if quick:
         return dict(maml=200, members=4, member_iterations=200, svi=50, svi_task=5, laplace=20, svgd=20, particles=4,
                     mclmc_tuning=100, mclmc_samples=20, mclmc_thinning=2, nuts_warmup=10, nuts_samples=10, depth=3,
+                    ll_warmup=10, ll_samples=10,
                     eval_tasks=50, draws=20, lap_draws=10, ambiguous=10)
     return dict(maml=None, members=8, member_iterations=None, svi=2000, svi_task=300, laplace=2000, svgd=2000,
                 particles=10, mclmc_tuning=2000, mclmc_samples=200, mclmc_thinning=10, nuts_warmup=100,
+                ll_warmup=150, ll_samples=1000,
                 nuts_samples=100, depth=5, eval_tasks=600, draws=200, lap_draws=50, ambiguous=100)
 
 
@@ -270,7 +275,11 @@ def run_config(name, num_tasks, args, cfg):
         ens, secs = ensemble()
         sspec = fixed_noise_spec(ens)
         t = time.perf_counter()
-        if method == "mclmc":
+        if method == "nuts_ll":
+            post = hb.run_nuts(spec, train, key=k, init=ens, num_chains=2 * ens.num_chains, num_warmup=cfg["ll_warmup"],
+                               num_samples=cfg["ll_samples"], max_tree_depth=8, subspace="last_layer",
+                               progress=args.progress)
+        elif method == "mclmc":
             post = hb.run_mclmc(sspec, train, key=k, init=ens, chains_per_member=2, num_samples=cfg["mclmc_samples"],
                                 thinning=cfg["mclmc_thinning"], num_tuning_steps=cfg["mclmc_tuning"],
                                 progress=args.progress)

@@ -101,7 +101,9 @@ class _Jobs:
              ("fit", ["fit", "linear", *q, "--method", "maml", "--tasks", "tasks.npz", "--out", "fit"]),
              ("blobs", ["run", "blobs", *q, "--out", "blobs"])],
             # its model file runs the ensemble, as the default does; here NUTS, for the samplers' diagnostics
-            [("sinusoid_line", ["run", "sinusoid_line", *q, "--method", "nuts", "--out", "sinusoid_line"])],
+            [("sinusoid_line", ["run", "sinusoid_line", *q, "--method", "nuts", "--out", "sinusoid_line"]),
+             # its model file's NUTS: chains from ensemble members in the last-layer subspace
+             ("sinusoid_nuts", ["run", "sinusoid", *q, "--method", "nuts", "--out", "sinusoid_nuts"])],
         ]
         self.grouped = {}
         for i, group in enumerate(groups):  # one cache per process: concurrent writers never share one
@@ -293,6 +295,21 @@ def test_predict_classification_with_npz_support_and_csv_query(jobs, tmp_path, c
     for r in rows:
         p = np.array([float(r[f"p_{c}"]) for c in range(3)])
         assert abs(p.sum() - 1) < 1e-5 and int(r["label"]) == int(np.argmax(p))
+
+
+def test_nuts_from_members_in_the_last_layer_is_diagnosed_per_mode(jobs):
+    base, _, _ = _finished(jobs, "sinusoid_nuts")
+    run = base / "sinusoid_nuts"
+    metrics = json.loads((run / "metrics.json").read_text())
+    d = metrics["diagnostics"]
+    assert d["scope"] == "within modes" and d["num_modes"] == 2  # toy: 2 members, one chain each
+    assert d["min_ess_bulk"] > 0 and d["min_ess_mixture"] > 0  # R-hat may not be computable from 10 toy draws
+    theta = np.load(run / "posterior.npz")["theta"]  # (chains, draws, P): the output layer is the last 41
+    hidden, last = theta[..., :-41], theta[..., -41:]
+    assert theta.shape[:2] == (2, 10) and np.all(hidden == hidden[:, :1])  # held at each chain's member
+    assert not np.allclose(hidden[0, 0], hidden[1, 0]) and np.all(last.std(axis=1).max(axis=-1) > 0)
+    text = (run / "summary.txt").read_text()
+    assert "subspace=last_layer, members=2" in text and "Within modes: largest R-hat" in text
 
 
 def test_diagnose_prints_the_summary_and_writes_pictures(jobs, tmp_path, capsys):

@@ -247,6 +247,9 @@ class Diagnosis(NamedTuple):
     - ``divergences``: number of divergent transitions (0 for non-MCMC methods).
     - ``weights_rhat``: the largest R-hat over raw weights θ (for information only; NaN if one chain).
     - ``divergences_per_chain``: divergent transitions of each chain (``()`` without sampler statistics).
+    - ``modes``: the per-mode :class:`~hbmeta.diagnostics.modes.ModeDiagnosis` when the chains were started
+      from ensemble members on purpose (``settings["chain_modes"]``), else None.
+    - ``method``: the inference method diagnosed.
     """
 
     summary: Any
@@ -255,6 +258,34 @@ class Diagnosis(NamedTuple):
     divergences: int
     weights_rhat: float
     divergences_per_chain: tuple = ()
+    modes: Any = None
+    method: str = "unknown"
+
+    def record(self) -> dict:
+        """The figures ``hbmeta run`` keeps in ``metrics.json``: R-hat and ESS only where they apply.
+
+        For Markov chains: the largest R-hat and smallest bulk ESS over the checked quantities; for chains
+        started in modes, those within modes (the plain ones compare modes), with ``"scope": "within
+        modes"``, the number of modes and the smallest stratified ESS of the mixture. None otherwise.
+        """
+        out = {"divergences": self.divergences, "divergences_per_chain": list(self.divergences_per_chain),
+               "warnings": list(self.warnings), "max_rhat": None, "min_ess_bulk": None}
+        summary = self.summary
+        if self.modes is not None:
+            out.update(max_rhat=_finite_or_none(self.modes.rhat_max),
+                       min_ess_bulk=_finite_or_none(np.min(self.modes.ess_bulk)), scope="within modes",
+                       num_modes=len(self.modes.labels), min_ess_mixture=_finite_or_none(self.modes.ess_mixture_min))
+        elif self.method in MCMC_METHODS:
+            if "r_hat" in summary:
+                out["max_rhat"] = _finite_or_none(summary["r_hat"].max())
+            if "ess_bulk" in summary:
+                out["min_ess_bulk"] = _finite_or_none(summary["ess_bulk"].min())
+        return out
+
+
+def _finite_or_none(x):
+    x = float(x)
+    return x if np.isfinite(x) else None
 
 
 def diagnostic_draws(source, *, tasks=None, reference=None, key=None) -> dict:
@@ -330,10 +361,21 @@ def _flatten_functionals(post) -> dict:
 
 
 def _rhat_max(theta) -> float:
+    """The largest R-hat over the weights that move within every chain (a subspace sampler holds the others)."""
     az = _az()
     if theta is None or theta.shape[0] < 2 or theta.shape[1] < 4:
         return float("nan")
-    return float(np.nanmax(az.rhat(az.convert_to_dataset({"theta": theta}))["theta"].values))
+    theta = np.asarray(theta)
+    half = theta.shape[1] // 2  # split R-hat compares half-chains: each must move
+    moving = np.minimum(np.var(theta[:, :half], axis=1), np.var(theta[:, -half:], axis=1)).min(axis=0) > 0
+    if not np.any(moving):
+        return float("nan")
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        # a weight that hardly moves in a short chain can make a split chain's variance 0: for information only
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = az.rhat(az.convert_to_dataset({"theta": theta[..., moving]}))["theta"].values
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else float("nan")
 
 
 def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 1.01, ess_min: float = 400,
@@ -377,11 +419,14 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
         summary = az.summary(data, kind=kind, round_to="none")
     mcmc = method in MCMC_METHODS
     modes = _chain_modes(source)
-    found, mode_lines = [], []
+    found, mode_lines, by_mode = [], [], None
     if mcmc and kind == "all" and modes is not None:
         by_mode = per_mode_diagnostics(_flatten_functionals(post), modes)
         mode_lines = mode_report(by_mode, rhat_max=rhat_max, ess_min=ess_min)
-        if by_mode.rhat_max >= rhat_max:
+        if not np.isfinite(by_mode.rhat_max):
+            found.append("R-hat within a mode could not be computed for some quantity (it did not move within half "
+                         "a chain): the chains have not explored that mode; run longer chains.")
+        elif by_mode.rhat_max >= rhat_max:
             found.append(f"R-hat within a mode is {by_mode.rhat_max:.3f} (at least {rhat_max}): the chains started "
                          "in the same mode disagree, so they have not mixed within it; run longer chains.")
         if by_mode.ess_mixture_min < ess_min:
@@ -422,4 +467,4 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
     if warn:
         for message in found:
             warnings.warn(message, UserWarning, stacklevel=2)
-    return Diagnosis(summary, found, "\n".join(lines), divergences, weights, per_chain)
+    return Diagnosis(summary, found, "\n".join(lines), divergences, weights, per_chain, by_mode, method)

@@ -59,7 +59,7 @@ def _record(sites, state):
 
 
 def sample_chains(sampler, *model_args, key, num_chains: int, num_warmup: int, num_samples: int,
-                  chain_method: str = "vectorized", init_params=None, chunk_size: int | None = None,
+                  chain_method: str = "vectorized", init_params=None, chain_args=(), chunk_size: int | None = None,
                   checkpoint=None, progress: bool = True, label: str = "MCMC"):
     """``(draws, stats)``: ``num_samples`` draws per chain after ``num_warmup`` adapting transitions.
 
@@ -72,6 +72,10 @@ def sample_chains(sampler, *model_args, key, num_chains: int, num_warmup: int, n
         chain_method: ``"vectorized"``, ``"parallel"`` or ``"sequential"``.
         init_params: unconstrained initial values with a leading chain axis,
             or None for the kernel's ``init_strategy``.
+        chain_args: further model arguments, one value per chain (a leading
+            chain axis), appended after ``model_args``: e.g. the anchor of a
+            subspace model (:func:`~hbmeta.build_model` with ``subspace``),
+            which differs between chains started from different modes.
         chunk_size: transitions per compiled chunk (default: about a
             twentieth of the run, at least 10).
         checkpoint: a :class:`~hbmeta.base.checkpoint.Checkpointer`, or None.
@@ -91,19 +95,27 @@ def sample_chains(sampler, *model_args, key, num_chains: int, num_warmup: int, n
     total = num_warmup + num_samples
     chunk = default_chunk_size(total) if chunk_size is None else min(check_int("chunk_size", chunk_size), total)
 
-    def init_one(k, params):
-        return sampler.init(k, num_warmup, params, model_args=model_args, model_kwargs={})
+    chain_args = tuple(jnp.asarray(a) for a in chain_args)
+    for a in chain_args:
+        if a.shape[:1] != (num_chains,):
+            raise ValueError(f"a chain argument has shape {a.shape}; expected a leading axis of {num_chains}, one "
+                             "value per chain")
 
-    state = jax.vmap(init_one)(jax.random.split(key, num_chains), init_params)
+    def init_one(k, params, extra):
+        return sampler.init(k, num_warmup, params, model_args=model_args + extra, model_kwargs={})
+
+    state = jax.vmap(init_one)(jax.random.split(key, num_chains), init_params, chain_args)
 
     def sites_of(z, args):
         return sampler.postprocess_fn(args, {})(z)
 
     one = jax.tree.map(lambda x: x[0], state)
-    template = jax.eval_shape(sites_of, one.z, model_args)
+    template = jax.eval_shape(sites_of, one.z, model_args + tuple(a[0] for a in chain_args))
     width = jax.eval_shape(_record, template, one).shape[0]
 
-    def run_chain(st, args, n):
+    def run_chain(st, shared, extra, n):
+        args = shared + extra
+
         def body(i, carry):
             st, buf = carry
             st = sampler.sample(st, args, {})
@@ -111,16 +123,18 @@ def sample_chains(sampler, *model_args, key, num_chains: int, num_warmup: int, n
 
         return jax.lax.fori_loop(0, n, body, (st, jnp.zeros((chunk, width), jnp.float32)))
 
+    extra = chain_args
     if chain_method == "parallel":
-        batched = jax.pmap(run_chain, in_axes=(0, None, None))
+        batched = jax.pmap(run_chain, in_axes=(0, None, 0, None))
     elif chain_method == "vectorized":
-        batched = jax.jit(jax.vmap(run_chain, in_axes=(0, None, None)))
+        batched = jax.jit(jax.vmap(run_chain, in_axes=(0, None, 0, None)))
     else:
-        batched = jax.jit(lambda s, args, n: jax.lax.map(lambda x: run_chain(x, args, n), s))
+        batched = jax.jit(lambda s, args, extra, n: jax.lax.map(lambda x: run_chain(x[0], args, x[1], n), (s, extra)))
 
     def run(st, n):
-        st, buf = batched(st, model_args, jnp.int32(n))
-        return st, np.swapaxes(np.asarray(buf)[:, :n], 0, 1)  # (n, chains, width)
+        st, buf = batched(st, model_args, extra, jnp.int32(n))
+        buf = np.asarray(buf)
+        return st, np.swapaxes(buf[:, :n], 0, 1)  # (n, chains, width)
 
     def describe(values):
         div = int(values[..., -5].sum())

@@ -26,8 +26,10 @@ from hbmeta.inference.common import (
     latent_transforms,
     make_posterior,
 )
+from hbmeta.inference.subspace_chains import full_theta, prepare
 from hbmeta.model.hierarchical import build_model, check_tasks
 from hbmeta.model.posterior import Posterior
+from hbmeta.model.subspace import describe, subspace_indices
 from hbmeta.tasks.sharding import check_divisible, place_tasks, resolve_mesh, shard_inputs
 
 KERNELS = ("nuts", "hmc")
@@ -100,6 +102,7 @@ def run_nuts(
     target_accept_prob: float = 0.8,
     dense_mass: bool = False,
     kernel: str = "nuts",
+    subspace="all",
     init=None,
     chain_method: str | None = None,
     devices=None,
@@ -120,6 +123,14 @@ def run_nuts(
         target_accept_prob: the step-size adaptation's target.
         dense_mass: adapt a dense mass matrix instead of a diagonal one.
         kernel: ``"nuts"`` or ``"hmc"`` (static trajectory length 2π).
+        subspace: ``"all"`` samples every coordinate of θ; ``"last_layer"``
+            (or a pytree of booleans shaped like the params) samples only
+            those coordinates, the others held at the θ each chain starts from
+            (subspace inference, :mod:`hbmeta.model.subspace`): with an
+            ensemble as ``init``, every member's chains sample the posterior of
+            its last layer given its hidden layers, and the draws are the
+            equal-weight mixture over members. ``samples["theta"]`` is the full
+            θ either way.
         init: start every chain here: a params pytree (θ), a
             :class:`~hbmeta.MAMLResult`, or a one-chain
             :class:`~hbmeta.Posterior` (its mean draw). A Posterior with C > 1
@@ -171,6 +182,7 @@ def run_nuts(
     num_samples = check_int("num_samples", num_samples)
     max_tree_depth = check_int("max_tree_depth", max_tree_depth)
     check_choice("kernel", kernel, KERNELS)
+    idx = subspace_indices(spec, subspace)
     if chain_method is not None:
         check_choice("chain_method", chain_method, CHAIN_METHODS)
     if not 0.0 < float(target_accept_prob) < 1.0:
@@ -189,8 +201,14 @@ def run_nuts(
     chain_method, reason = choose_chain_method(num_chains, chain_method, task_devices=task_devices)
     tasks = place_tasks(tasks, mesh)
 
-    model = shard_inputs(build_model(spec), mesh)
+    model = shard_inputs(build_model(spec, subspace=idx), mesh)
+    start = time.perf_counter()
+    chains = None
+    if idx is not None:  # anchors, GGN whitening and starting points of every chain (inference.subspace_chains)
+        chains = prepare(spec, tasks, model, init, num_chains, modes, idx)
+        values = chains.values
     strategy = init_to_uniform if values is None else init_to_value(values=values)
+    mass = {} if chains is None else {"inverse_mass_matrix": jnp.asarray(chains.inverse_mass, jnp.float32)}
     if kernel == "nuts":
         sampler = NUTS(
             model,
@@ -198,15 +216,22 @@ def run_nuts(
             dense_mass=dense_mass,
             max_tree_depth=max_tree_depth,
             init_strategy=strategy,
+            **mass,
         )
     else:
-        sampler = HMC(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass, init_strategy=strategy)
-    start = time.perf_counter()
-    init_params = None if modes is None else _member_starts(model, tasks, spec, init, modes)
+        sampler = HMC(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass, init_strategy=strategy,
+                      **mass)
+    if chains is not None:
+        init_params = chains.init_params
+    else:
+        init_params = None if modes is None else _member_starts(model, tasks, spec, init, modes)
+    label = kernel.upper() if idx is None else f"{kernel.upper()} in {describe(idx, spec.num_params, subspace)}"
     draws, stats = sample_chains(sampler, tasks, key=key, num_chains=num_chains, num_warmup=num_warmup,
                                  num_samples=num_samples, chain_method=chain_method, init_params=init_params,
-                                 chunk_size=chunk_size, checkpoint=checkpoint, progress=progress,
-                                 label=kernel.upper())
+                                 chain_args=() if chains is None else (chains.anchors, chains.whites),
+                                 chunk_size=chunk_size, checkpoint=checkpoint, progress=progress, label=label)
+    if chains is not None:  # the full θ of every draw: the chain's anchor with the subspace's entries moved
+        draws = full_theta(chains, draws)
     wall = time.perf_counter() - start
     settings = json_settings(
         num_chains=num_chains,
@@ -216,6 +241,7 @@ def run_nuts(
         target_accept_prob=float(target_accept_prob),
         dense_mass=bool(dense_mass),
         kernel=kernel,
+        subspace=subspace if isinstance(subspace, str) else "mask",
         chain_method=chain_method,
         devices=task_devices,
         init=None if init is None else type(init).__name__,
@@ -223,5 +249,5 @@ def run_nuts(
     if modes is not None:
         settings["chain_modes"] = modes.tolist()
     info = {"num_divergences": int(np.sum(np.asarray(stats["diverging"]))), "wall_time": wall,
-            "chain_method_reason": reason}
+            "chain_method_reason": reason, "subspace_size": spec.num_params if idx is None else int(len(idx))}
     return make_posterior(spec, draws, method=kernel, settings=settings, sample_stats=stats, info=info)

@@ -66,7 +66,7 @@ def _method(name, module, function, kind, summary, *, defaults=None, fixed=None,
 
 
 _NUTS = {"num_chains": 4, "num_warmup": 500, "num_samples": 500, "max_tree_depth": 8,
-         "target_accept_prob": 0.8, "dense_mass": False}
+         "target_accept_prob": 0.8, "dense_mass": False, "subspace": "all"}
 
 METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
     _method("nuts", "hbmeta.inference.nuts", "run_nuts", "mcmc", "No-U-Turn sampler (NumPyro)", defaults=_NUTS),

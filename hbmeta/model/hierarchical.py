@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.scipy.linalg import solve_triangular
 
 from hbmeta.base.validate import check_type
 from hbmeta.model.spec import ModelSpec
@@ -134,8 +135,19 @@ def _observe(name, spec, outputs, y, mask, noise, plate_name):
         numpyro.sample(name, fn, obs=y)
 
 
-def build_model(spec: ModelSpec):
+def build_model(spec: ModelSpec, *, subspace=None):
     """The NumPyro model ``model(tasks, *, subsample_size=None)`` of ``spec``.
+
+    ``subspace``: flat indices of θ (:func:`hbmeta.model.subspace.subspace_indices`)
+    to sample, the others held at an anchor: the model is then
+    ``model(tasks, anchor, *, subsample_size=None)`` with the latent site
+    ``"theta_sub" ~ N(μ[idx], diag(s[idx]²))`` in place of ``"theta"`` and
+    ``θ = anchor`` with ``θ[idx] = theta_sub`` (the exact conditional of the
+    model given the other coordinates: the prior's coordinates are independent).
+    With ``model(tasks, anchor, white)``, ``white`` a lower-triangular ``L``,
+    the site is ``"theta_white"`` = u with ``θ[idx] = anchor[idx] + L u`` and
+    the same prior pushed to u (a linear reparametrisation: for HMC the same
+    as the mass matrix ``(L Lᵀ)⁻¹``).
 
     ``subsample_size=B`` scores a random subset of ``B`` tasks per call, with
     the likelihood scaled by ``T/B`` (``numpyro.plate`` subsampling): an
@@ -183,9 +195,25 @@ def build_model(spec: ModelSpec):
     def explicit_outputs(flat_phi, x):
         return jax.vmap(rule.apply)(jax.vmap(spec.unravel)(flat_phi), x)
 
-    def model(tasks, *, subsample_size=None):
+    moving = None if subspace is None else np.asarray(subspace)
+
+    def model(tasks, anchor=None, white=None, *, subsample_size=None):
         check_tasks(spec, tasks, subsample_size=subsample_size, generated=True)
-        theta = numpyro.sample("theta", dist.Normal(loc, scale).to_event(1))
+        if moving is None:
+            theta = numpyro.sample("theta", dist.Normal(loc, scale).to_event(1))
+        else:
+            if anchor is None:
+                raise ValueError("a subspace model needs anchor, the θ whose other coordinates are held fixed")
+            anchor = jnp.asarray(anchor)
+            if white is None:
+                z = numpyro.sample("theta_sub", dist.Normal(loc[moving], scale[moving]).to_event(1))
+            else:  # z = a + L u: the prior N(μ, diag(s²)) of z is N(L⁻¹(μ − a), (Lᵀ diag(s⁻²) L)⁻¹) for u
+                a, lw = anchor[moving], jnp.asarray(white)
+                u = numpyro.sample("theta_white", dist.MultivariateNormal(
+                    solve_triangular(lw, loc[moving] - a, lower=True),
+                    precision_matrix=lw.T @ (lw / scale[moving][:, None] ** 2)))
+                z = a + lw @ u
+            theta = anchor.at[moving].set(z)
         alpha = None
         if ssp is not None:
             log_alpha = numpyro.sample("log_step_size", dist.Normal(ssp.loc, ssp.scale))

@@ -156,6 +156,7 @@ def method_settings(cfg: Config, method: str | None = None) -> dict:
             "num_samples": s.num_samples,
             "target_accept_prob": s.target_accept_prob,
             "dense_mass": s.dense_mass,
+            "subspace": s.subspace,
         }
         if method == "nuts":
             out["max_tree_depth"] = s.max_tree_depth

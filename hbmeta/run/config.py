@@ -205,6 +205,7 @@ def _resolve_auto(cfg: Config) -> Config:
 def _cross_check(cfg: Config, where: str) -> None:
     _check_task_posterior(cfg, where)
     _check_subsample(cfg, where)
+    _check_chain_starts(cfg, where)
     if cfg.data.path:
         if cfg.tasks.store:
             raise ValueError(f"{where}: tasks.store = {cfg.tasks.store!r} with a [data] table (data.path = "
@@ -233,6 +234,23 @@ def _cross_check(cfg: Config, where: str) -> None:
         value = getattr(tasks, key)
         if value % n:
             raise ValueError(f"{where}: tasks.{key} = {value}; expected a multiple of family.num_classes = {n}")
+
+
+def _check_chain_starts(cfg: Config, where: str) -> None:
+    """NUTS/HMC from ensemble members: every member the same number of chains; a subspace needs an anchor."""
+    nuts = cfg.inference.nuts
+    if cfg.inference.method not in ("nuts", "hmc"):
+        return
+    if nuts.members and nuts.num_chains % nuts.members:
+        raise ValueError(f"{where}: inference.nuts.num_chains = {nuts.num_chains} with inference.nuts.members = "
+                         f"{nuts.members}; expected a multiple of members (the same number of chains from each)")
+    if nuts.subspace != "all" and not nuts.members and cfg.inference.init == "prior":
+        raise ValueError(f"{where}: inference.nuts.subspace = {nuts.subspace!r} with inference.init = 'prior' and no "
+                         "members; expected a start whose other weights the chains hold: inference.init = 'maml' or "
+                         "inference.nuts.members > 0")
+    if nuts.subspace == "last_layer" and (cfg.network.kind == "linear" or not cfg.network.hidden):
+        raise ValueError(f"{where}: inference.nuts.subspace = 'last_layer' with network.kind = {cfg.network.kind!r} "
+                         f"and hidden = {list(cfg.network.hidden)} (one layer); expected subspace = 'all'")
 
 
 def _check_subsample(cfg: Config, where: str) -> None:

@@ -108,6 +108,11 @@ class NutsSection:
     target_accept_prob: float = opt(_NUTS["target_accept_prob"], "float", "step-size adaptation target",
                                     lo=0.0, hi=1.0, strict=True)
     dense_mass: bool = opt(_NUTS["dense_mass"], "bool", "dense mass matrix (slow for large θ)")
+    subspace: str = opt(_NUTS["subspace"], "str", "all (every weight moves) | last_layer (the output layer moves, the "
+                        "hidden layers held at each chain's start: subspace inference)", choices=("all", "last_layer"))
+    members: int = opt(0, "int", "start the chains at the members of an ensemble of this many MAML solutions trained "
+                       "first on all training tasks ([inference.ensemble] iterations and meta-batch), "
+                       "num_chains / members chains each; 0 = start every chain at inference.init", lo=0, hi=64)
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,7 @@ TOY_CAPS = {
     # training and held-out batches of the same shape, so that their predictives share one compilation
     "tasks": {"num_train": 8, "num_test": 8, "num_query": 10, "num_test_query": 10},
     "maml": {"num_iterations": 30, "meta_batch_size": 4},
-    "inference.nuts": {"num_chains": 2, "num_warmup": 15, "num_samples": 10, "max_tree_depth": 3},
+    "inference.nuts": {"num_chains": 2, "num_warmup": 15, "num_samples": 10, "max_tree_depth": 3, "members": 2},
     "inference.svi": {"num_steps": 30, "num_draws": 10, "subsample_size": 4},
     "inference.laplace": {"num_steps": 30, "num_draws": 10},
     "inference.svgd": {"num_particles": 4, "num_steps": 30},

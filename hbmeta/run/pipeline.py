@@ -34,7 +34,7 @@ from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
 from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_type
-from hbmeta.diagnostics.arviz import MCMC_METHODS, diagnose
+from hbmeta.diagnostics.arviz import diagnose
 from hbmeta.diagnostics.netcdf import to_netcdf
 from hbmeta.distributed import is_main_process
 from hbmeta.inference.chains import default_chunk_size
@@ -47,6 +47,7 @@ from hbmeta.model.task_posterior import fit_task_hyperparameters
 from hbmeta.predict.metrics import coverage_by_spread, predictive_metrics
 from hbmeta.predict.predictive import predictive_bytes, sample_predictive
 from hbmeta.run import build as _build
+from hbmeta.run.chain_starts import member_starts
 from hbmeta.run.config import Config
 from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
 from hbmeta.run.rundir import RunWriter, new_run_path
@@ -234,7 +235,9 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         # MAML's point estimate, scored beside the method: φ̂_j a point, σ its RMS residual (no task posterior)
         maml_post = maml_posterior(replace(spec, task_posterior=None), maml.params, train)
 
+        members = eff.inference.nuts.members if method in ("nuts", "hmc") else 0
         start = ("each member from its own random initialisation" if method == "ensemble" else
+                 f"from the members of an ensemble of {members}" if members else
                  "from MAML θ" if eff.inference.init == "maml" else "from the default start")
         with_tp = "" if spec.task_posterior is None else f", task-level posteriors ({eff.task_posterior.kind})"
         stages.start("posterior", f"fitting the posterior over θ ({method}{with_tp}, {spec.num_params} "
@@ -251,6 +254,11 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                 init = maml_posterior(spec, maml.params, train, tau=fitted.tau,
                                       noise=fitted.noise if spec.likelihood.noise is None and eff.regression else None)
             settings = dict(objects.method_settings)
+            if members:  # the chains start at the members of an ensemble trained first (run.chain_starts)
+                init = member_starts(eff, objects, spec, fit_tasks, key=jax.random.fold_in(keys["infer"], 1),
+                                     input_dim=None if data is None else data.input_dim,
+                                     progress=eff.run.progress and main,
+                                     checkpoint_path=writer.checkpoint_path("members"))
             if method == "ensemble":  # members start from their own random initialisations, not MAML's θ
                 input_dim = None if data is None else data.input_dim
                 init = lambda k: _build.initial_params(eff, objects.network, k, input_dim=input_dim)
@@ -365,15 +373,7 @@ def _write_run(writer, cfg, eff, objects, post, maml, maml_post, train, test, te
         to_netcdf(post, test, writer.path("heldout.nc"), predictive=predictives[objects.method], key=k2)
     if post.num_chains * post.num_draws >= 2:
         diagnosis = diagnose(idata, warn=False)
-        summary, mcmc = diagnosis.summary, post.method in MCMC_METHODS
-        metrics["diagnostics"] = {
-            "divergences": diagnosis.divergences,
-            "divergences_per_chain": list(diagnosis.divergences_per_chain),
-            "warnings": list(diagnosis.warnings),
-            # R-hat and ESS describe Markov chains only (an ensemble's draws are members and mixture nodes)
-            "max_rhat": _finite(summary["r_hat"].max()) if "r_hat" in summary and mcmc else None,
-            "min_ess_bulk": _finite(summary["ess_bulk"].min()) if "ess_bulk" in summary and mcmc else None,
-        }
+        metrics["diagnostics"] = diagnosis.record()  # R-hat and ESS where they apply (Markov chains; within modes)
         text = diagnosis.text
     else:
         text = f"hbmeta diagnosis: method {post.method}, a single draw: nothing to diagnose."

@@ -103,10 +103,15 @@ def _diagnostic_line(metrics: dict) -> str | None:
     if not d:
         return None
     parts = [f"{d['divergences']} divergences"]
+    within = " within modes" if d.get("scope") == "within modes" else ""
+    if within:
+        parts.append(f"{d['num_modes']} modes")
     if d.get("max_rhat") is not None:
-        parts.append(f"max R-hat {d['max_rhat']:.3f}")
+        parts.append(f"max R-hat{within} {d['max_rhat']:.3f}")
     if d.get("min_ess_bulk") is not None:
-        parts.append(f"min bulk ESS {d['min_ess_bulk']:.0f}")
+        parts.append(f"min bulk ESS{' per mode' if within else ''} {d['min_ess_bulk']:.0f}")
+    if d.get("min_ess_mixture") is not None:
+        parts.append(f"min stratified ESS of the mixture {d['min_ess_mixture']:.0f}")
     n = len(d.get("warnings", []))
     parts.append(f"{n} warning{'s' if n != 1 else ''}" + (" (see summary.txt)" if n else ""))
     return "diagnostics (invariant functionals): " + ", ".join(parts)

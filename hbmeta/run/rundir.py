@@ -279,9 +279,10 @@ def _read_json(path, what):
         raise BadFileError(path, f"is not valid JSON ({e}): a damaged {what}") from None
 
 
-ADDED_KEYS = frozenset({"tasks.store", "inference.svi.subsample_size", "inference.ensemble.member_devices"})
+ADDED_KEYS = frozenset({"tasks.store", "inference.svi.subsample_size", "inference.ensemble.member_devices",
+                        "inference.nuts.subspace", "inference.nuts.members"})
 """Keys newer than some run directories, whose defaults (no store, every task a step, members on one device
-or spread as before) reproduce what those runs did."""
+or spread as before, every weight sampled from inference.init) reproduce what those runs did."""
 
 
 def _load_run_config(path):
