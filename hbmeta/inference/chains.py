@@ -123,7 +123,6 @@ def sample_chains(sampler, *model_args, key, num_chains: int, num_warmup: int, n
 
         return jax.lax.fori_loop(0, n, body, (st, jnp.zeros((chunk, width), jnp.float32)))
 
-    extra = chain_args
     if chain_method == "parallel":
         batched = jax.pmap(run_chain, in_axes=(0, None, 0, None))
     elif chain_method == "vectorized":
@@ -132,9 +131,8 @@ def sample_chains(sampler, *model_args, key, num_chains: int, num_warmup: int, n
         batched = jax.jit(lambda s, args, extra, n: jax.lax.map(lambda x: run_chain(x[0], args, x[1], n), (s, extra)))
 
     def run(st, n):
-        st, buf = batched(st, model_args, extra, jnp.int32(n))
-        buf = np.asarray(buf)
-        return st, np.swapaxes(buf[:, :n], 0, 1)  # (n, chains, width)
+        st, buf = batched(st, model_args, chain_args, jnp.int32(n))
+        return st, np.swapaxes(np.asarray(buf)[:, :n], 0, 1)  # (n, chains, width)
 
     def describe(values):
         div = int(values[..., -5].sum())

@@ -204,7 +204,7 @@ def run_nuts(
     model = shard_inputs(build_model(spec, subspace=idx), mesh)
     start = time.perf_counter()
     chains = None
-    if idx is not None:  # anchors, GGN whitening and starting points of every chain (inference.subspace_chains)
+    if idx is not None:  # anchors, Laplace whitening and starting points of every chain (inference.subspace_chains)
         chains = prepare(spec, tasks, model, init, num_chains, modes, idx)
         values = chains.values
     strategy = init_to_uniform if values is None else init_to_value(values=values)

@@ -66,7 +66,6 @@ class SubspaceChains(NamedTuple):
     - ``init_params``: unconstrained starting values per chain (leading chain axis).
     - ``inverse_mass``: the initial diagonal inverse mass over NumPyro's flattened
       latent vector (sites in sorted order), ``(k + others,)``.
-    - ``noise``: σ used in the whitening curvature of every chain (NaN for classification).
     """
 
     idx: np.ndarray
@@ -75,11 +74,10 @@ class SubspaceChains(NamedTuple):
     values: dict
     init_params: dict
     inverse_mass: np.ndarray
-    noise: np.ndarray
 
 
 def _anchors_and_noise(spec, init, num_chains: int, modes):
-    """θ̂ and σ of every chain: its member's (``modes``) or the single start of ``init`` for all."""
+    """θ̂ and the starting σ of every chain: its member's (``modes``) or the single start of ``init`` for all."""
     lik = spec.likelihood
     if modes is not None:
         theta = np.asarray(init.samples["theta"])[:, -1][modes]
@@ -96,7 +94,7 @@ def _anchors_and_noise(spec, init, num_chains: int, modes):
     if lik.regression and lik.noise is not None:
         noise = np.full(num_chains, float(np.mean(lik.noise)))
     elif lik.regression and noise is None:
-        noise = np.ones(num_chains)  # the start of σ when init has none; only the whitening's scale depends on it
+        noise = np.ones(num_chains)  # the start of σ's mode search when init has none
     others = {k: v for k, v in (others or {}).items() if k not in ("theta", "noise", "phi")}
     return theta, noise, others
 
@@ -185,8 +183,7 @@ def prepare(spec, tasks, model, init, num_chains: int, modes, idx) -> SubspaceCh
     per_chain = {n: jnp.asarray(v)[member_of] for n, v in jax.vmap(unravel)(u).items()}
     per_chain["theta_white"] = jnp.zeros((num_chains, k))
     first = {n: transforms[n](v[0]) for n, v in per_chain.items()}
-    return SubspaceChains(np.asarray(idx), anchors, whites, first, per_chain, inverse_mass,
-                          np.full(num_chains, np.nan) if not regression else np.asarray(noise, np.float32))
+    return SubspaceChains(np.asarray(idx), anchors, whites, first, per_chain, inverse_mass)
 
 
 def full_theta(chains: SubspaceChains, draws: dict) -> dict:
