@@ -22,11 +22,14 @@ held-out tasks, and then scores, on 600 held-out tasks with 50 query points:
   same variance, and with the oracle scale (the variance that matches the
   held-out error exactly: what a perfect c would give);
 - which ν the folds choose (the out-of-sample log-likelihood of the training
-  tasks), and the per-point calibration error that choice gives.
+  tasks), and the per-point calibration error that choice gives;
+- E z² (z the error over the mixture's sd) and coverage by the query point's
+  distance to its task's nearest support point.
 
 Usage:
     python bench/calibration_gap.py             # draws 0 and 1 (about 2 minutes each on 2 cores)
     python bench/calibration_gap.py --draws 3
+    python bench/calibration_gap.py --prior-mean theta    # the prior φ_j ~ N(θ, τ²I) instead of N(φ̂_j, τ²I)
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ DEV_SEED = 5_151_515  # development draws only: never used for a reported figure
 LEVELS = np.arange(1, 20) / 20  # PACOH's 19 levels 0.05 … 0.95
 
 
-def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600):
+def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted"):
     """Train the default ensemble on draw ``draw`` and return every member's predictive on train and held-out tasks."""
     st = setups()["sinusoid"]
     key = jax.random.key(DEV_SEED + draw)
@@ -70,7 +73,7 @@ def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600):
     net = hb.mlp(st.sizes)
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=st.alpha), net.init(k_init),
                         likelihood=hb.NormalLikelihood())
-    spec_task = replace(spec, task_posterior=hb.TaskPosterior())
+    spec_task = replace(spec, task_posterior=hb.TaskPosterior(prior_mean=prior_mean))
     members = 8
     ens = hb.run_ensemble(spec, train, key=k_fit, num_members=members, init=net.init,
                           num_iterations=st.maml_iterations,
@@ -88,7 +91,8 @@ def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600):
     mask = out_of_sample_mask(ens.info["holdout_index"], members, num_tasks)
     return {"train": (np.stack(out["train"][0]), np.stack(out["train"][1]), np.asarray(train.y_query, np.float64)),
             "held": (np.stack(out["held"][0]), np.stack(out["held"][1]), np.asarray(held.y_query, np.float64)),
-            "mask": mask, "scale": scale}
+            "mask": mask, "scale": scale, "theta": theta, "holdout_index": np.asarray(ens.info["holdout_index"]),
+            "train_tasks": train, "held_tasks": held, "net": net, "spec": spec}
 
 
 def mixture_cdf(mu, var, y, dof, nodes=None):
@@ -112,9 +116,9 @@ def coverage(cdf, level) -> float:
     return float(np.mean((u >= (1 - level) / 2) & (u <= (1 + level) / 2)))
 
 
-def analyse(draw: int) -> None:
+def analyse(draw: int, prior_mean: str = "adapted") -> None:
     t0 = time.perf_counter()
-    r = member_predictives(draw)
+    r = member_predictives(draw, prior_mean=prior_mean)
     mu, var, y = r["held"]
     mu_tr, var_tr, y_tr = r["train"]
     mask, scale = r["mask"], r["scale"]
@@ -142,14 +146,32 @@ def analyse(draw: int) -> None:
         print(f"| {dof:g}{chosen} | {ll:.4f} | {calibration_error(cdf):.4f} | {coverage(cdf, 0.5):.3f} | "
               f"{coverage(cdf, 0.9):.3f} | {calibration_error(mixture_cdf(mu, var, y, dof)):.4f} | "
               f"{calibration_error(mixture_cdf(mu, var * oracle, y, dof, nodes)):.4f} |", flush=True)
+    by_distance(r)
+
+
+def by_distance(r) -> None:
+    """E z² and 50/90% coverage of the chosen predictive by distance of the query point to its task's support."""
+    mu, var, y = r["held"]
+    held, scale = r["held_tasks"], r["scale"]
+    z = ((y - mu.mean(0)) / np.sqrt(var.mean(0) + mu.var(0)))[..., 0]
+    cdf = mixture_cdf(mu, var, y, scale.tail_dof, scale_nodes(scale.tail_dof, TAIL_NODES))[..., 0]
+    xs, xq = np.asarray(held.x_support)[..., 0], np.asarray(held.x_query)[..., 0]
+    dist = np.abs(xq[:, :, None] - xs[:, None, :]).min(-1)
+    edges = np.quantile(dist, np.linspace(0, 1, 6))
+    print("\n| distance to the nearest support point | E z² | cov 50 | cov 90 |\n|---|---|---|---|")
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        s = (dist >= lo) & (dist <= hi)
+        print(f"| {lo:.2f}–{hi:.2f} | {np.mean(z[s] ** 2):.2f} | {coverage(cdf[s], 0.5):.3f} | {coverage(cdf[s], 0.9):.3f} |")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--draws", type=int, default=2, help="development draws 0 … N − 1")
+    p.add_argument("--prior-mean", choices=("adapted", "theta"), default="adapted",
+                   help="the task-level prior's mean: φ̂_j (the default model's) or θ")
     args = p.parse_args(argv)
     for draw in range(args.draws):
-        analyse(draw)
+        analyse(draw, args.prior_mean)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ _EXPORTS = {
     "BadFileError": "hbmeta.base.files",
     "CategoricalLikelihood": "hbmeta.model.spec",
     "Config": "hbmeta.run.config",
-    "Diagnosis": "hbmeta.diagnostics.arviz",
+    "Diagnosis": "hbmeta.diagnostics.diagnose",
     "Evaluation": "hbmeta.maml.evaluate",
     "FixedTasks": "hbmeta.tasks.families",
     "GaussianBlobs": "hbmeta.tasks.families",
@@ -71,8 +71,8 @@ _EXPORTS = {
     "conv4": "hbmeta.adaptation.conv",
     "coverage": "hbmeta.predict.metrics",
     "coverage_by_spread": "hbmeta.predict.metrics",
-    "diagnose": "hbmeta.diagnostics.arviz",
-    "diagnostic_draws": "hbmeta.diagnostics.arviz",
+    "diagnose": "hbmeta.diagnostics.diagnose",
+    "diagnostic_draws": "hbmeta.diagnostics.diagnose",
     "divergence_message": "hbmeta.maml.evaluate",
     "digits_episodes": "hbmeta.tasks.digits",
     "evaluate": "hbmeta.maml.evaluate",
@@ -128,7 +128,7 @@ _EXPORTS = {
     "to_arviz": "hbmeta.diagnostics.arviz",
     "to_netcdf": "hbmeta.diagnostics.netcdf",
     "train_maml": "hbmeta.maml.train",
-    "with_query_inputs": "hbmeta.predict.predictive",
+    "with_query_inputs": "hbmeta.tasks.batch",
 }
 
 __all__ = sorted([*_EXPORTS, "plots"])

@@ -21,9 +21,9 @@ import numpy as np
 from hbmeta.base.files import atomic_write
 from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.predict.metrics import calibration_curve, calibration_error, expected_calibration_error, reliability_curve
-from hbmeta.predict.predictive import Predictive, sample_predictive, with_query_inputs
+from hbmeta.predict.predictive import Predictive, sample_predictive
 from hbmeta.predict.summary import summarize
-from hbmeta.tasks.batch import TaskBatch
+from hbmeta.tasks.batch import TaskBatch, with_query_inputs
 
 __all__ = ["plot_calibration", "plot_predictive_band", "plot_rank", "plot_reliability", "plot_trace"]
 
@@ -50,7 +50,7 @@ def _check_path(path):
 
 
 def _quantities(source, tasks, reference, key, max_quantities):
-    from hbmeta.diagnostics.arviz import diagnostic_draws  # imports ArviZ: only when a trace or rank is drawn
+    from hbmeta.diagnostics.diagnose import diagnostic_draws  # imports ArviZ: only when a trace or rank is drawn
 
     check_positive_int("max_quantities", max_quantities)
     draws = diagnostic_draws(source, tasks=tasks, reference=reference, key=key)

@@ -242,7 +242,7 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_diagnose(a) -> int:
-    from hbmeta.diagnostics.arviz import diagnose
+    from hbmeta.diagnostics.diagnose import diagnose
     from hbmeta.diagnostics.netcdf import load_netcdf
     from hbmeta.plots import plot_rank, plot_trace
     from hbmeta.run.rundir import check_run, verify_files

@@ -18,11 +18,11 @@ import numpy as np
 from hbmeta.cli.table_predict import predict_table
 from hbmeta.cli.userdata import read_query, read_support, write_csv
 from hbmeta.plots import plot_predictive_band
-from hbmeta.predict.predictive import sample_predictive, with_query_inputs
+from hbmeta.predict.predictive import sample_predictive
 from hbmeta.predict.summary import summarize
 from hbmeta.run import build as _build
 from hbmeta.run.rundir import load_run
-from hbmeta.tasks.batch import make_tasks
+from hbmeta.tasks.batch import make_tasks, with_query_inputs
 
 
 def predict_command(run, *, support, query=None, out=None, plot=None, seed: int = 0, stream=None) -> np.ndarray:

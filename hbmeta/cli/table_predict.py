@@ -18,10 +18,10 @@ import jax
 import numpy as np
 
 from hbmeta.cli.userdata import write_csv
-from hbmeta.predict.predictive import sample_predictive, with_query_inputs
+from hbmeta.predict.predictive import sample_predictive
 from hbmeta.predict.summary import summarize
 from hbmeta.run.table_data import plot_groups
-from hbmeta.tasks.batch import make_tasks
+from hbmeta.tasks.batch import make_tasks, with_query_inputs
 from hbmeta.tasks.table import read_table
 
 

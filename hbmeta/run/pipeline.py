@@ -34,7 +34,7 @@ from hbmeta.base.checkpoint import Checkpointer
 from hbmeta.base.files import save_params
 from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_type
-from hbmeta.diagnostics.arviz import diagnose
+from hbmeta.diagnostics.diagnose import diagnose
 from hbmeta.diagnostics.netcdf import to_netcdf
 from hbmeta.distributed import is_main_process
 from hbmeta.inference.chains import default_chunk_size

@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from hbmeta.base.files import atomic_write
-from hbmeta.predict.predictive import sample_predictive, with_query_inputs
+from hbmeta.predict.predictive import sample_predictive
 from hbmeta.predict.summary import summarize
+from hbmeta.tasks.batch import with_query_inputs
 from hbmeta.tasks.examples import read_source
 from hbmeta.tasks.table import TableTasks, split_groups, tasks_from_table, tasks_info
 

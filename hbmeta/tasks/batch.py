@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hbmeta.base.validate import check_type
+
 
 class TaskBatch(NamedTuple):
     """``T`` few-shot tasks stacked along a leading task axis.
@@ -208,3 +210,31 @@ def concatenate_tasks(batches) -> TaskBatch:
     if not batches:
         raise ValueError("batches is empty; expected at least one TaskBatch")
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *batches)
+
+
+def with_query_inputs(tasks: TaskBatch, x) -> TaskBatch:
+    """The same support sets with query inputs ``x`` (``(G, d)`` shared or ``(T, G, d)``), targets zero.
+
+    Use it to predict on a dense grid (plots) or at fixed reference inputs (diagnostics).
+
+    Example:
+        >>> import jax
+        >>> import hbmeta as hb
+        >>> tasks = hb.Sinusoid(num_support=5).sample(jax.random.key(0), 3)
+        >>> hb.with_query_inputs(tasks, jax.numpy.linspace(-5, 5, 7)).x_query.shape
+        (3, 7, 1)
+    """
+    check_type("tasks", tasks, TaskBatch)
+    x = jnp.asarray(x, dtype=tasks.x_support.dtype)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim == 2:
+        x = jnp.broadcast_to(x, (tasks.num_tasks,) + x.shape)
+    d = tasks.x_support.shape[-1]
+    if x.ndim != 3 or x.shape[0] != tasks.num_tasks or x.shape[2] != d:
+        raise ValueError(f"x has shape {x.shape}; expected (points, {d}) or ({tasks.num_tasks}, points, {d})")
+    if tasks.y_support.ndim == 3:
+        y = jnp.zeros(x.shape[:2] + tasks.y_support.shape[2:], tasks.y_support.dtype)
+    else:
+        y = jnp.zeros(x.shape[:2], tasks.y_support.dtype)
+    return TaskBatch(tasks.x_support, tasks.y_support, x, y, tasks.support_mask, None)
