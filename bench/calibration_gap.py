@@ -63,9 +63,10 @@ DEV_SEED = 5_151_515  # development draws only: never used for a reported figure
 LEVELS = np.arange(1, 20) / 20  # PACOH's 19 levels 0.05 … 0.95
 
 
-def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted"):
+def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted",
+                        setup: str = "sinusoid"):
     """Train the default ensemble on draw ``draw`` and return every member's predictive on train and held-out tasks."""
-    st = setups()["sinusoid"]
+    st = setups()[setup]
     key = jax.random.key(DEV_SEED + draw)
     k_train, k_init, k_fit, k_held = jax.random.split(key, 4)
     train = st.family.fixed(k_train, num_tasks).tasks

@@ -4,7 +4,10 @@ Checks: the scale-mixture nodes have mean 1 exactly and, as their number grows, 
 the Student-t's (closed form, scipy); the out-of-sample choice of ν picks the true ν among the grid on
 synthetic errors drawn from that discrete mixture, and the Gaussian on Gaussian errors; ``run_ensemble`` with the
 task-level posterior returns one draw per node with θ repeated and (τ, σ) scaled by √u_k, and one draw per
-member with ``tails=False``; bad ν is refused.
+member with ``tails=False``; bad ν is refused. The mixture scale c follows the second-moment rule
+(recomputed here in numpy) when it has a solution, and the folds' likelihood (a brute-force argmax over
+the grid) when the members' spread exceeds the error of their mean, where it scores new tasks far better
+than the floor did.
 """
 
 import math
@@ -17,7 +20,7 @@ import pytest
 from scipy import stats
 
 import hbmeta as hb
-from hbmeta.inference.holdout import TAIL_DOFS, fit_tails, scale_nodes
+from hbmeta.inference.holdout import _FLOOR, SCALE_GRID, TAIL_DOFS, _fold_loglik, choose_scale, fit_tails, scale_nodes
 
 
 @pytest.mark.parametrize("dof", [2.5, 3.0, 6.0, 30.0])
@@ -56,6 +59,65 @@ def test_fit_tails_recovers_the_shape_of_out_of_sample_errors(true_dof):
     dof, u, scores = fit_tails(mu, var, y, out, np.ones((tasks, points)))
     assert dof == true_dof and set(scores) == {*TAIL_DOFS, math.inf}
     assert scores[dof] == max(scores.values()) and np.array_equal(u, scale_nodes(dof))
+
+
+def _two_out_of_sample(rng, members, tasks):
+    out = np.zeros((members, tasks))
+    for j in range(tasks):
+        out[rng.choice(members, 2, replace=False), j] = 1.0
+    return out
+
+
+def test_scale_follows_the_second_moment_rule_when_it_has_a_solution():
+    rng = np.random.default_rng(1)
+    members, tasks, points = 4, 200, 10
+    truth = rng.normal(size=(tasks, points, 1))
+    mu = truth + 0.3 * rng.normal(size=(members, tasks, points, 1))  # members near the truth: small spread
+    var = np.full(mu.shape, 0.5)
+    y = truth + 0.5 * rng.normal(size=truth.shape)
+    out = _two_out_of_sample(rng, members, tasks)
+    c, rule, dof, nodes, scores, r2, v, mean_var = choose_scale(mu, var, y, out, np.ones((tasks, points)))
+    sel = out[:, :, None].astype(bool)
+    r2_np = np.mean(((mu - y[None]) ** 2)[..., 0][np.broadcast_to(sel, mu.shape[:3])])
+    pairs = [np.mean((mu[a, j] - mu[b, j]) ** 2) / 2 for j in range(tasks)
+             for a, b in [tuple(np.flatnonzero(out[:, j]))]]
+    assert rule == "second moment" and math.isclose(r2, r2_np, rel_tol=1e-5)
+    assert math.isclose(v, np.mean(pairs), rel_tol=1e-5)
+    assert math.isclose(c, (r2_np - 2 * np.mean(pairs) * 3 / 4) / 0.5, rel_tol=1e-4)
+    assert scores is not None and dof in scores and np.array_equal(nodes, scale_nodes(dof))
+
+
+def test_scale_falls_back_to_the_folds_likelihood_when_the_spread_exceeds_the_error():
+    rng = np.random.default_rng(2)
+    members, tasks, points = 4, 300, 10
+    # every member misses each task by its own offset (sd 1), and claims a variance of 0.2; y has noise 0.1
+    truth = rng.normal(size=(tasks, points, 1))
+    offsets = rng.normal(size=(members, tasks, 1, 1))
+    mu = truth + offsets
+    var = np.full(mu.shape, 0.2)
+    y = truth + 0.1 * rng.normal(size=truth.shape)
+    out = _two_out_of_sample(rng, members, tasks)
+    w = np.ones((tasks, points))
+    c, rule, dof, nodes, scores, r2, v, mean_var = choose_scale(mu, var, y, out, w)
+    assert r2 - 2 * v * 3 / 4 <= _FLOOR * r2  # the regime: no positive variance matches the second moment
+    assert rule == "folds' likelihood" and set(scores) == {*TAIL_DOFS, math.inf}
+    args = [jnp.asarray(a, jnp.float32) for a in (mu, var, y, out, w)]
+    best = max((float(_fold_loglik(args[0], args[1] * (r2 / mean_var * g), *args[2:],
+                                   jnp.asarray(scale_nodes(d), jnp.float32))), r2 / mean_var * float(g), d)
+               for d in (*TAIL_DOFS, math.inf) for g in SCALE_GRID)
+    assert math.isclose(c, best[1], rel_tol=1e-5) and dof == best[2] and np.array_equal(nodes, scale_nodes(dof))
+    # new tasks of the same kind: the chosen c scores them far better than the floor, whose mixture is four
+    # nearly point-like members
+    truth_new = rng.normal(size=(tasks, points, 1))
+    mu_new = truth_new + rng.normal(size=(members, tasks, 1, 1))
+    y_new = truth_new + 0.1 * rng.normal(size=truth_new.shape)
+
+    def nll(scale):
+        sd = np.sqrt(var * scale)
+        return -np.mean(np.log(np.mean(stats.norm.pdf(y_new[None], mu_new, sd), axis=0) + 1e-300))
+
+    assert nll(c) < nll(_FLOOR * r2 / mean_var) - 1.0
+    assert 0.2 < c * 0.2 < 2.0  # each member's variance ends near its own squared miss (1), not near 0
 
 
 def test_ensemble_draws_are_the_nodes_of_each_members_scale_mixture():

@@ -45,6 +45,14 @@ held-out task is used. Scaling (τ², σ²) by ``u_k`` scales the linearised
 predictive covariance by exactly ``u_k``, so node k of member m is the draw
 (θ_m, √u_k τ_m, √u_k σ_m).
 
+**When V ≤ 0** (the members' spread on the folds alone exceeds the estimated
+error of their mean: members that explain the tasks in different ways, or a
+spread estimated high from the two or three members that left each task out),
+no positive variance matches, and flooring V would make the mixture M nearly
+point-like members. c and ν are then chosen together by the same out-of-sample
+log-likelihood (:func:`choose_scale`), which errs on the wide side: those
+mixtures have fewer members than M, so they spread less.
+
 What bias remains: the members that make these predictions trained on
 ``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
 (σ is then slightly too large: a conservative error); and ν is fitted on
@@ -96,6 +104,9 @@ class TaskScale(NamedTuple):
     - ``tail_dof``: ν of the scale mixture chosen on the folds (``inf``: Gaussian, one node).
     - ``tail_nodes``: ``(K,)`` the relative variances u_k (mean 1; ``[1.0]`` for the Gaussian).
     - ``tail_scores``: ``{ν: out-of-sample mean log-likelihood per point}`` for every ν tried.
+    - ``scale_rule``: how c was chosen: ``"second moment"`` (``c = V / V̄``), ``"folds' likelihood"`` (the
+      members' spread alone exceeds the error of their mean, so ``V ≤ 0``: :func:`choose_scale`), or
+      ``"fixed"`` (c = 1: classification or a fixed σ).
     """
 
     tau: np.ndarray
@@ -107,6 +118,7 @@ class TaskScale(NamedTuple):
     tail_dof: float = math.inf
     tail_nodes: np.ndarray = np.ones(1)
     tail_scores: dict | None = None
+    scale_rule: str = "second moment"
 
 
 def scale_nodes(dof: float, num_nodes: int = TAIL_NODES) -> np.ndarray:
@@ -237,6 +249,59 @@ def holdout_noise(spec: ModelSpec, flat_theta, tasks, holdout_index) -> HoldoutN
     return HoldoutNoise(float(np.sqrt(sigma2)), r2, v, r2 - v * factor)
 
 
+SCALE_GRID = np.exp(np.linspace(-7.0, 3.0, 41))  # c / (r²/V̄) tried by the folds' likelihood
+
+
+def choose_scale(mu, var, y, out, w, *, tails: bool = True):
+    """c and ν of the members' mixture from their out-of-sample predictions on the training tasks (module docstring).
+
+    ``mu``, ``var`` ``(M, T, Q, o)``: each member's linearised predictive on
+    every training task, before scaling; ``out`` ``(M, T)``: 1 where member m
+    did not train on task j; ``w`` ``(T, Q)``: point weights. Returns
+    ``(c, rule, ν, u, scores, r², v, V̄)``.
+
+    - **Second moment** (the rule whenever it has a solution): ``c = V / V̄``
+      with ``V = r² − 2v(M − 1)/M``, then ν by the folds' likelihood
+      (:func:`fit_tails`; ``ν = ∞`` when ``tails`` is False).
+    - **Folds' likelihood** when ``V ≤ 0.05²·r²``: the members' spread alone
+      already exceeds the estimated error of their mean (members that explain
+      the tasks in different ways, or a spread estimated from the two or three
+      members that left each task out). No positive variance then matches, and
+      the floor would turn the mixture into M nearly point-like members. c
+      (from :data:`SCALE_GRID` times ``r²/V̄``) and ν are instead chosen
+      together by the out-of-sample log-likelihood of the training tasks, the
+      mixtures of the members that left each task out. Those mixtures have
+      fewer members, so they spread less than all M, and the c chosen is on
+      the wide side: a conservative error.
+    """
+    mu, var = jnp.asarray(mu), jnp.asarray(var)
+    num_members = mu.shape[0]
+    r2, v = (float(a) for a in _moments(mu, jnp.asarray(y, mu.dtype), jnp.asarray(out), jnp.asarray(w, mu.dtype)))
+    c_mask = jnp.asarray(out, mu.dtype)[:, :, None]
+    weights = jnp.asarray(w, mu.dtype)
+    mean_var = float(jnp.sum(c_mask * jnp.mean(var, -1) * weights) / jnp.sum(c_mask * weights))
+    target = r2 - 2 * v * (num_members - 1) / num_members
+    if target > _FLOOR * r2:
+        scale = target / mean_var
+        if not tails:
+            return scale, "second moment", math.inf, np.ones(1), None, r2, v, mean_var
+        dof, nodes, scores = fit_tails(mu, var * scale, y, out, w)
+        return scale, "second moment", dof, nodes, scores, r2, v, mean_var
+    dofs = (*TAIL_DOFS, math.inf) if tails else (math.inf,)
+    y, out, w = jnp.asarray(y, mu.dtype), jnp.asarray(out, mu.dtype), jnp.asarray(w, mu.dtype)
+    base = r2 / mean_var
+    best, scores = None, {}
+    for dof in dofs:
+        u = jnp.asarray(scale_nodes(dof), mu.dtype)
+        values = [float(_fold_loglik(mu, var * (base * g), y, out, w, u)) for g in SCALE_GRID]
+        k = int(np.nanargmax(values))
+        scores[float(dof)] = values[k]
+        if best is None or values[k] > best[0]:
+            best = (values[k], base * float(SCALE_GRID[k]), float(dof))
+    _, scale, dof = best
+    return scale, "folds' likelihood", dof, scale_nodes(dof), scores if tails else None, r2, v, mean_var
+
+
 def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num_steps: int = 100,
                        tails: bool = True) -> TaskScale:
     """τ_m, σ_m of every member with the task-level posterior, fitted on its held-out tasks and scaled (module docstring).
@@ -268,21 +333,16 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
             variances.append(pred.var)
     taus = np.asarray(taus)
     if not lik.regression:
-        return TaskScale(taus, None, 1.0, float("nan"), float("nan"), float("nan"))
+        return TaskScale(taus, None, 1.0, float("nan"), float("nan"), float("nan"), scale_rule="fixed")
     sigmas = np.asarray(sigmas, dtype=np.float64)
     mu, var = jnp.stack(means), jnp.stack(variances)
     out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
     w = _weights(tasks, mu.dtype)
-    r2, v = (float(a) for a in _moments(mu, tasks.y_query, jnp.asarray(out), w))
-    c_mask = jnp.asarray(out, mu.dtype)[:, :, None]
-    mean_var = float(jnp.sum(c_mask * jnp.mean(var, -1) * w) / jnp.sum(c_mask * w))
-    scale = 1.0
-    if fixed_noise is None:
-        target = max(r2 - 2 * v * (num_members - 1) / num_members, _FLOOR * r2)
-        scale = target / mean_var
+    if fixed_noise is not None:
+        r2, v = (float(a) for a in _moments(mu, tasks.y_query, jnp.asarray(out), w))
+        c_mask = jnp.asarray(out, mu.dtype)[:, :, None]
+        mean_var = float(jnp.sum(c_mask * jnp.mean(var, -1) * w) / jnp.sum(c_mask * w))
+        return TaskScale(taus, sigmas, 1.0, r2, v, mean_var, scale_rule="fixed")
+    scale, rule, dof, nodes, scores, r2, v, mean_var = choose_scale(mu, var, tasks.y_query, out, w, tails=tails)
     root = float(np.sqrt(scale))
-    dof, nodes, scores = math.inf, np.ones(1), None
-    if tails and fixed_noise is None:
-        dof, nodes, scores = fit_tails(mu, var * scale, tasks.y_query, out, w)
-    return TaskScale(taus * root, sigmas * root if fixed_noise is None else sigmas, scale, r2, v, mean_var,
-                     dof, nodes, scores)
+    return TaskScale(taus * root, sigmas * root, scale, r2, v, mean_var, dof, nodes, scores, rule)

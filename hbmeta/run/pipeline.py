@@ -299,7 +299,8 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         if fold is not None and "tau" in fold and fold.get("noise") is not None:  # the task-level fit on the folds
             dof = fold.get("tail_dof", math.inf)
             metrics["holdout_fit"] = {
-                "scale": float(fold["scale"]), "tau": [float(t) for t in fold["tau"]],
+                "scale": float(fold["scale"]), "scale_rule": fold.get("scale_rule", "second moment"),
+                "tau": [float(t) for t in fold["tau"]],
                 "noise": [float(t) for t in fold["noise"]],
                 "tail_dof": None if math.isinf(dof) else float(dof),
                 "tail_scores": None if not fold.get("tail_scores") else

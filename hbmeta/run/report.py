@@ -176,8 +176,10 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
                            f"; posterior.nc and MAML's σ on {store['summary_tasks']} of them (seeded)"))
     fold = metrics.get("holdout_fit")
     if fold:  # the ensemble's σ, τ and tails, fitted on the tasks each member left out
-        line = (f"  σ and τ fitted on held-out folds of the training tasks: mixture scale c = {_fmt(fold['scale'])}, "
-                f"σ_m {_fmt(min(fold['noise']))}..{_fmt(max(fold['noise']))}, "
+        rule = (" (by the folds' likelihood: the members' spread exceeds the error of their mean)"
+                if fold.get("scale_rule") == "folds' likelihood" else "")
+        line = (f"  σ and τ fitted on held-out folds of the training tasks: mixture scale c = {_fmt(fold['scale'])}"
+                f"{rule}, σ_m {_fmt(min(fold['noise']))}..{_fmt(max(fold['noise']))}, "
                 f"τ_m {_fmt(min(fold['tau']))}..{_fmt(max(fold['tau']))}")
         if fold.get("tail_dof") is not None:
             line += f"; tails: Student-t ν = {_fmt(fold['tail_dof'])} (chosen on the folds)"
