@@ -252,6 +252,14 @@ def holdout_noise(spec: ModelSpec, flat_theta, tasks, holdout_index) -> HoldoutN
 SCALE_GRID = np.exp(np.linspace(-7.0, 3.0, 41))  # c / (r²/V̄) tried by the folds' likelihood
 
 
+def _fold_moments(mu, var, y, out, w):
+    """``(r², v, V̄)``: out-of-sample member error, half pair gap and mean predictive variance (floats)."""
+    weights = jnp.asarray(w, mu.dtype)
+    r2, v = (float(a) for a in _moments(mu, jnp.asarray(y, mu.dtype), jnp.asarray(out), weights))
+    c_mask = jnp.asarray(out, mu.dtype)[:, :, None]
+    return r2, v, float(jnp.sum(c_mask * jnp.mean(var, -1) * weights) / jnp.sum(c_mask * weights))
+
+
 def choose_scale(mu, var, y, out, w, *, tails: bool = True):
     """c and ν of the members' mixture from their out-of-sample predictions on the training tasks (module docstring).
 
@@ -273,13 +281,20 @@ def choose_scale(mu, var, y, out, w, *, tails: bool = True):
       mixtures of the members that left each task out. Those mixtures have
       fewer members, so they spread less than all M, and the c chosen is on
       the wide side: a conservative error.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.normal(size=(50, 5, 1))
+        >>> mu = y + rng.normal(size=(4, 50, 1, 1))  # each member misses each task by its own offset (sd 1)
+        >>> out = np.zeros((4, 50)); out[[0, 1], ::2] = 1; out[[2, 3], 1::2] = 1
+        >>> c, rule, *_ = choose_scale(mu, np.full(mu.shape, 0.2), y, out, np.ones((50, 5)))
+        >>> rule, bool(0.2 < 0.2 * c < 2)  # the members disagree more than their mean errs
+        ("folds' likelihood", True)
     """
     mu, var = jnp.asarray(mu), jnp.asarray(var)
     num_members = mu.shape[0]
-    r2, v = (float(a) for a in _moments(mu, jnp.asarray(y, mu.dtype), jnp.asarray(out), jnp.asarray(w, mu.dtype)))
-    c_mask = jnp.asarray(out, mu.dtype)[:, :, None]
-    weights = jnp.asarray(w, mu.dtype)
-    mean_var = float(jnp.sum(c_mask * jnp.mean(var, -1) * weights) / jnp.sum(c_mask * weights))
+    r2, v, mean_var = _fold_moments(mu, var, y, out, w)
     target = r2 - 2 * v * (num_members - 1) / num_members
     if target > _FLOOR * r2:
         scale = target / mean_var
@@ -339,10 +354,7 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
     w = _weights(tasks, mu.dtype)
     if fixed_noise is not None:
-        r2, v = (float(a) for a in _moments(mu, tasks.y_query, jnp.asarray(out), w))
-        c_mask = jnp.asarray(out, mu.dtype)[:, :, None]
-        mean_var = float(jnp.sum(c_mask * jnp.mean(var, -1) * w) / jnp.sum(c_mask * w))
-        return TaskScale(taus, sigmas, 1.0, r2, v, mean_var, scale_rule="fixed")
+        return TaskScale(taus, sigmas, 1.0, *_fold_moments(mu, var, tasks.y_query, out, w), scale_rule="fixed")
     scale, rule, dof, nodes, scores, r2, v, mean_var = choose_scale(mu, var, tasks.y_query, out, w, tails=tails)
     root = float(np.sqrt(scale))
     return TaskScale(taus * root, sigmas * root, scale, r2, v, mean_var, dof, nodes, scores, rule)
