@@ -17,7 +17,7 @@ moment) when the members' own variance is
 
     V = r² − 2 v (M − 1)/M.
 
-Without a task-level posterior that variance is σ², so ``σ² = V``
+Without a task-level posterior that variance is σ², so ``σ² = V`` (for V ≤ 0 see below)
 (:func:`holdout_noise`). With it (``spec.task_posterior``), each member's
 τ_m and σ_m are first fitted by type-II maximum likelihood on its own held-out
 tasks (:func:`~hbmeta.fit_task_hyperparameters`), which makes each member
@@ -82,16 +82,19 @@ TAIL_DOFS = (2.5, 3.0, 4.0, 6.0, 10.0, 30.0)  # the ν tried, besides ∞ (the G
 class HoldoutNoise(NamedTuple):
     """The out-of-sample figures behind σ (floats).
 
-    - ``noise``: σ = sqrt(V), V = r² − 2v(M − 1)/M floored at ``0.05²·r²``.
+    - ``noise``: σ = sqrt(V), V = r² − 2v(M − 1)/M; when V ≤ ``0.05²·r²``, σ² by the folds' likelihood
+      (:func:`choose_scale` with unit variances).
     - ``member_mse``: r², a member's mean squared error on tasks it did not train on.
     - ``spread``: v, half the mean squared difference of two members' predictions there.
     - ``mixture_mse``: r² − v(M − 1)/M, the estimated error of the M-member mean on new tasks.
+    - ``scale_rule``: ``"second moment"`` or ``"folds' likelihood"`` (as :class:`TaskScale`'s).
     """
 
     noise: float
     member_mse: float
     spread: float
     mixture_mse: float
+    scale_rule: str = "second moment"
 
 
 class TaskScale(NamedTuple):
@@ -243,10 +246,10 @@ def holdout_noise(spec: ModelSpec, flat_theta, tasks, holdout_index) -> HoldoutN
     out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
     mu = jax.jit(jax.vmap(lambda f: jax.vmap(rule.apply)(rule.adapt_tasks(spec.unravel(f), tasks), tasks.x_query)))(
         flat_theta)
-    r2, v = (float(a) for a in _moments(mu, tasks.y_query, jnp.asarray(out), _weights(tasks, mu.dtype)))
-    factor = (num_members - 1) / num_members
-    sigma2 = max(r2 - 2 * v * factor, _FLOOR * r2)
-    return HoldoutNoise(float(np.sqrt(sigma2)), r2, v, r2 - v * factor)
+    # σ² is the members' scale c when each member's own variance is 1: the same rule as the task-level one
+    sigma2, rule, _, _, _, r2, v, _ = choose_scale(mu, jnp.ones_like(mu), tasks.y_query, out,
+                                                   _weights(tasks, mu.dtype), tails=False)
+    return HoldoutNoise(float(np.sqrt(sigma2)), r2, v, r2 - v * (num_members - 1) / num_members, rule)
 
 
 SCALE_GRID = np.exp(np.linspace(-7.0, 3.0, 41))  # c / (r²/V̄) tried by the folds' likelihood
