@@ -65,6 +65,7 @@ _EXPORTS = {
     "build_model": "hbmeta.model.hierarchical",
     "calibration_curve": "hbmeta.predict.metrics",
     "calibration_error": "hbmeta.predict.metrics",
+    "calibration_error_noise": "hbmeta.predict.metrics",
     "categorical_nll": "hbmeta.predict.metrics",
     "check_step_size": "hbmeta.adaptation.stability",
     "concatenate_tasks": "hbmeta.tasks.batch",

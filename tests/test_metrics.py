@@ -67,6 +67,49 @@ def test_calibration_error_perfect_is_within_sampling_error():
     assert float(hb.calibration_error(mean, sds[None] / 2, y)) > 3 * bound
 
 
+@pytest.mark.parametrize("rho", [0.0, 1.0])
+def test_calibration_error_noise_closed_form_for_independent_and_identical_points(rho):
+    # predictive N(0, 1) at every point; y = √ρ a_j + √(1 − ρ) e_jq. ρ = 0: T·Q independent PITs,
+    # E[noise²] = mean_q q(1 − q)/(TQ); ρ = 1: the Q points of a task share one PIT, mean_q q(1 − q)/T
+    tasks, points = 500, 4
+    ratios = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        y = np.sqrt(rho) * rng.normal(size=(tasks, 1, 1)) + np.sqrt(1 - rho) * rng.normal(size=(tasks, points, 1))
+        noise = float(hb.calibration_error_noise(np.zeros(y.shape), 1.0, y, draw_axes=0))
+        ratios.append(noise ** 2 / (np.mean(LEVELS * (1 - LEVELS)) / (tasks * (points if rho == 0 else 1))))
+    assert 0.9 < np.mean(ratios) < 1.1
+
+
+def test_calibration_error_noise_is_the_spread_of_a_calibrated_predictives_error_over_task_draws():
+    # a calibrated predictive (N(0, 1) marginally), points correlated within a task (ρ = 0.6): over 200 draws of
+    # 100 tasks × 20 points, the RMS calibration error matches the mean noise estimate (Monte Carlo: within 12%),
+    # and it is far above the error that 2,000 independent points would give
+    rng = np.random.default_rng(7)
+    ces, noises = [], []
+    for _ in range(200):
+        y = np.sqrt(0.6) * rng.normal(size=(100, 1, 1)) + np.sqrt(0.4) * rng.normal(size=(100, 20, 1))
+        ces.append(float(hb.calibration_error(np.zeros(y.shape), 1.0, y, draw_axes=0)))
+        noises.append(float(hb.calibration_error_noise(np.zeros(y.shape), 1.0, y, draw_axes=0)))
+    rms = np.sqrt(np.mean(np.square(ces)))
+    assert abs(np.mean(noises) / rms - 1) < 0.12
+    assert rms > 2 * np.sqrt(np.mean(LEVELS * (1 - LEVELS)) / 2000)
+
+
+def test_calibration_error_noise_respects_the_mask_and_needs_two_tasks():
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(50, 6, 1))
+    mask = np.ones((50, 6), bool)
+    mask[:, 3:] = False
+    y_masked = y.copy()
+    y_masked[:, 3:] = 40.0  # far outside: would sit at F(y) = 1 if it counted
+    masked = hb.calibration_error_noise(np.zeros(y.shape), 1.0, y_masked, mask, draw_axes=0)
+    assert float(masked) == pytest.approx(float(hb.calibration_error_noise(np.zeros((50, 3, 1)), 1.0, y[:, :3],
+                                                                           draw_axes=0)), rel=1e-5)
+    with pytest.raises(ValueError, match="at least two tasks"):
+        hb.calibration_error_noise(np.zeros((1, 6, 1)), 1.0, y[:1], draw_axes=0)
+
+
 def test_calibration_curve_of_a_too_narrow_predictive_matches_normal_cdf():
     # predictive N(μ, (σ/k)²) for y ~ N(μ, σ²): F(y) = Φ(kZ), so freq(q) = P(Φ(kZ) ≤ q) = Φ(Φ⁻¹(q)/k).
     n, k = 40_000, 2.0
@@ -171,7 +214,8 @@ def test_predictive_metrics_regression_matches_direct_calls():
     tasks = hb.make_tasks(xs, xs.sum(-1, keepdims=True) / 2, xq, yq)
     pred = hb.sample_predictive(post, tasks, key=0)
     m = hb.predictive_metrics(post, tasks, key=0, predictive=pred)
-    assert set(m) == {"mse", "nll", "calibration_error", "coverage_50", "coverage_90", "coverage_95"}
+    assert set(m) == {"mse", "nll", "calibration_error", "calibration_error_noise", "coverage_50", "coverage_90",
+                      "coverage_95"}
     assert all(isinstance(v, float) for v in m.values())
     assert m["nll"] == pytest.approx(float(hb.mixture_nll(pred.mean, pred.noise, tasks.y_query)))
     assert m["coverage_90"] == pytest.approx(float(hb.coverage(pred.mean, pred.noise, tasks.y_query, level=0.9)))

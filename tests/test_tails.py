@@ -6,8 +6,9 @@ synthetic errors drawn from that discrete mixture, and the Gaussian on Gaussian 
 task-level posterior returns one draw per node with θ repeated and (τ, σ) scaled by √u_k, and one draw per
 member with ``tails=False``; bad ν is refused. The mixture scale c follows the second-moment rule
 (recomputed here in numpy) when it has a solution, and the folds' likelihood (a brute-force argmax over
-the grid) when the members' spread exceeds the error of their mean, where it scores new tasks far better
-than the floor did.
+the grid, with the spread that the folds' two members lack against all M added) when the members' spread
+exceeds the error of their mean, where it scores new tasks far better than the floor did and within 0.02
+nats of the best c for them.
 """
 
 import math
@@ -101,22 +102,28 @@ def test_scale_falls_back_to_the_folds_likelihood_when_the_spread_exceeds_the_er
     c, rule, dof, nodes, scores, r2, v, mean_var = choose_scale(mu, var, y, out, w)
     assert r2 - 2 * v * 3 / 4 <= _FLOOR * r2  # the regime: no positive variance matches the second moment
     assert rule == "folds' likelihood" and set(scores) == {*TAIL_DOFS, math.inf}
-    args = [jnp.asarray(a, jnp.float32) for a in (mu, var, y, out, w)]
-    best = max((float(_fold_loglik(args[0], args[1] * (r2 / mean_var * g), *args[2:],
+    # brute force: the folds' mixtures of two members, each member's variance c·0.2 plus the spread that two
+    # members lack against four, v(1/2 − 1/4) (recomputed here from v)
+    missing = np.broadcast_to((v * (1 / out.sum(0) - 1 / members))[None, :, None, None], mu.shape)
+    args = [jnp.asarray(a, jnp.float32) for a in (mu, var, y, out, w, missing)]
+    best = max((float(_fold_loglik(args[0], args[1] * (r2 / mean_var * g) + args[5], *args[2:5],
                                    jnp.asarray(scale_nodes(d), jnp.float32))), r2 / mean_var * float(g), d)
                for d in (*TAIL_DOFS, math.inf) for g in SCALE_GRID)
     assert math.isclose(c, best[1], rel_tol=1e-5) and dof == best[2] and np.array_equal(nodes, scale_nodes(dof))
     # new tasks of the same kind: the chosen c scores them far better than the floor, whose mixture is four
-    # nearly point-like members
+    # nearly point-like members, and within 0.02 nats of the best c on the grid for these new tasks (the truth)
     truth_new = rng.normal(size=(tasks, points, 1))
     mu_new = truth_new + rng.normal(size=(members, tasks, 1, 1))
     y_new = truth_new + 0.1 * rng.normal(size=truth_new.shape)
 
-    def nll(scale):
-        sd = np.sqrt(var * scale)
-        return -np.mean(np.log(np.mean(stats.norm.pdf(y_new[None], mu_new, sd), axis=0) + 1e-300))
+    def nll(scale, u=None):
+        u = np.ones(1) if u is None else u
+        sd = np.sqrt(var[:, None] * scale * u[None, :, None, None, None])
+        return -np.mean(np.log(np.mean(stats.norm.pdf(y_new[None, None], mu_new[:, None], sd), axis=(0, 1)) + 1e-300))
 
-    assert nll(c) < nll(_FLOOR * r2 / mean_var) - 1.0
+    assert nll(c, nodes) < nll(_FLOOR * r2 / mean_var) - 1.0
+    oracle = min(nll(r2 / mean_var * float(g), scale_nodes(d)) for d in (*TAIL_DOFS, math.inf) for g in SCALE_GRID)
+    assert nll(c, nodes) < oracle + 0.02
     assert 0.2 < c * 0.2 < 2.0  # each member's variance ends near its own squared miss (1), not near 0
 
 

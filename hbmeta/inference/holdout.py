@@ -50,8 +50,13 @@ error of their mean: members that explain the tasks in different ways, or a
 spread estimated high from the two or three members that left each task out),
 no positive variance matches, and flooring V would make the mixture M nearly
 point-like members. c and ν are then chosen together by the same out-of-sample
-log-likelihood (:func:`choose_scale`), which errs on the wide side: those
-mixtures have fewer members than M, so they spread less.
+log-likelihood (:func:`choose_scale`). A fold's mixture has only the ``n_j``
+members that left task j out, whose expected spread, ``v(n_j − 1)/n_j``, falls
+short of M members' ``v(M − 1)/M`` by ``v(1/n_j − 1/M)``; that shortfall is
+added to every member's variance on the fold, so the fold's mixture spreads as
+much as M members would. The better accuracy of an M-member mean is not
+credited (crediting it too, ``2v(1/n_j − 1/M)``, can leave the members no
+variance of their own at all), so the choice still errs on the wide side.
 
 What bias remains: the members that make these predictions trained on
 ``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
@@ -281,9 +286,10 @@ def choose_scale(mu, var, y, out, w, *, tails: bool = True):
       the floor would turn the mixture into M nearly point-like members. c
       (from :data:`SCALE_GRID` times ``r²/V̄``) and ν are instead chosen
       together by the out-of-sample log-likelihood of the training tasks, the
-      mixtures of the members that left each task out. Those mixtures have
-      fewer members, so they spread less than all M, and the c chosen is on
-      the wide side: a conservative error.
+      mixtures of the ``n_j`` members that left task j out, with
+      ``v(1/n_j − 1/M)`` added to every member's variance there: the spread
+      that ``n_j`` members lack against M. The M-member mean's better accuracy
+      is not credited, so c errs on the wide side: a conservative error.
 
     Example:
         >>> import numpy as np
@@ -308,10 +314,14 @@ def choose_scale(mu, var, y, out, w, *, tails: bool = True):
     dofs = (*TAIL_DOFS, math.inf) if tails else (math.inf,)
     y, out, w = jnp.asarray(y, mu.dtype), jnp.asarray(out, mu.dtype), jnp.asarray(w, mu.dtype)
     base = r2 / mean_var
+    n = jnp.sum(out, axis=0)  # (T,): the members that left task j out
+    # the n_j-member mixture of a fold spreads less than M members, by v(1/n_j − 1/M) in expectation: added to
+    # every member's variance there
+    missing = (v * (1 / jnp.maximum(n, 1.0) - 1 / num_members)).astype(mu.dtype)[None, :, None, None]
     best, scores = None, {}
     for dof in dofs:
         u = jnp.asarray(scale_nodes(dof), mu.dtype)
-        values = [float(_fold_loglik(mu, var * (base * g), y, out, w, u)) for g in SCALE_GRID]
+        values = [float(_fold_loglik(mu, var * (base * g) + missing, y, out, w, u)) for g in SCALE_GRID]
         k = int(np.nanargmax(values))
         scores[float(dof)] = values[k]
         if best is None or values[k] > best[0]:

@@ -138,6 +138,49 @@ def calibration_error(mean, noise, y, mask=None, *, levels=None, draw_axes: int 
     return jnp.sqrt(jnp.mean(jnp.square(freq - levels)))
 
 
+def calibration_error_noise(mean, noise, y, mask=None, *, levels=None, draw_axes: int = 2):
+    """The calibration error that sampling the tasks alone gives: ``sqrt(mean_q SE(freq(q))²)``.
+
+    :func:`calibration_error` is estimated from a finite set of tasks, and the
+    points of one task are not independent (their errors share the task's
+    amplitude, phase, support set), so even a perfectly calibrated predictive
+    shows an error of about this size. The tasks are the sampling unit (the
+    first point axis of ``y``; with one point axis every point is its own
+    task): with ``F_j(q)`` the weighted fraction of task j's (point, output)
+    pairs with ``F(y) ≤ q``, ``n_j`` their weight and ``freq(q) = Σ n_j F_j /
+    Σ n_j``, the standard error of the ratio over tasks is
+
+        SE(q)² = T/(T − 1) · Σ_j n_j² (F_j(q) − freq(q))² / (Σ_j n_j)²,
+
+    the variance a bootstrap over tasks estimates. Under exact calibration
+    ``E[calibration_error²] ≈ mean_q SE(q)²``, so a calibration error well
+    above this value is miscalibration and one near it is indistinguishable
+    from sampling noise. For independent points it is about
+    ``sqrt(mean_q q(1 − q)/n)``; for points that always agree within a task,
+    ``sqrt(mean_q q(1 − q)/T)``.
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.random.default_rng(0).normal(size=(400, 5, 1))  # N(0, 1) targets, predictive N(0, 1)
+        >>> n = calibration_error_noise(np.zeros((400, 5, 1)), 1.0, y, draw_axes=0)
+        >>> bool(0.85 < float(n) / np.sqrt(np.mean(np.linspace(.05, .95, 20) * np.linspace(.95, .05, 20)) / 2000) < 1.15)
+        True
+    """
+    mu, sd, y, w = _regression(mean, noise, y, mask, draw_axes)
+    levels = jnp.asarray(PACOH_LEVELS if levels is None else levels, mu.dtype)
+    u = pit(mu, sd, y)  # (*points, o)
+    w = jnp.broadcast_to(w[..., None], u.shape)
+    tasks = u.shape[0] if u.ndim > 1 else 1
+    if u.ndim == 1 or tasks < 2:
+        raise ValueError(f"y has shape {tuple(y.shape)}; expected at least two tasks along its first axis")
+    u, w = u.reshape(tasks, -1), w.reshape(tasks, -1)
+    n = jnp.sum(w, axis=1)  # (T,)
+    hits = jax.vmap(lambda q: jnp.sum(w * (u <= q), axis=1))(levels)  # (L, T): n_j F_j(q)
+    freq = jnp.sum(hits, axis=1, keepdims=True) / jnp.sum(n)
+    var = tasks / (tasks - 1) * jnp.sum(jnp.square(hits - n * freq), axis=1) / jnp.square(jnp.sum(n))
+    return jnp.sqrt(jnp.mean(var))
+
+
 @partial(jax.jit, static_argnames=("level", "draw_axes"))
 def coverage(mean, noise, y, mask=None, *, level: float = 0.9, draw_axes: int = 2):
     """Fraction of (point, output) pairs inside the central ``level`` interval of the mixture.
@@ -256,8 +299,10 @@ def coverage_by_spread(predictive, tasks, *, level: float = 0.9) -> dict:
 def predictive_metrics(posterior, tasks, *, key, predictive=None, draw_chunk: int = 64, task_chunk: int = 32) -> dict:
     """All §4 metrics of the posterior predictive on ``tasks``' query sets, as plain floats.
 
-    Regression: ``mse``, ``nll``, ``calibration_error``, ``coverage_50``,
-    ``coverage_90``, ``coverage_95``. Classification: ``accuracy``, ``nll``,
+    Regression: ``mse``, ``nll``, ``calibration_error``,
+    ``calibration_error_noise`` (with two or more tasks:
+    :func:`calibration_error_noise`), ``coverage_50``, ``coverage_90``,
+    ``coverage_95``. Classification: ``accuracy``, ``nll``,
     ``brier``, ``ece``. A ``predictive`` already sampled for these tasks is
     used as it is; otherwise :func:`~hbmeta.sample_predictive` draws one.
 
@@ -269,7 +314,7 @@ def predictive_metrics(posterior, tasks, *, key, predictive=None, draw_chunk: in
         >>> post = hb.Posterior({"theta": spec.ravel(theta)[None, None]}, spec, "custom", {})
         >>> m = hb.predictive_metrics(post, hb.Sinusoid().sample(jax.random.key(1), 4), key=jax.random.key(2))
         >>> sorted(m)
-        ['calibration_error', 'coverage_50', 'coverage_90', 'coverage_95', 'mse', 'nll']
+        ['calibration_error', 'calibration_error_noise', 'coverage_50', 'coverage_90', 'coverage_95', 'mse', 'nll']
     """
 
     if predictive is None:
@@ -284,6 +329,8 @@ def predictive_metrics(posterior, tasks, *, key, predictive=None, draw_chunk: in
             "nll": mixture_nll(*args),
             "calibration_error": calibration_error(*args),
         }
+        if jnp.ndim(y) > 2 and jnp.shape(y)[0] > 1:  # tasks on the first axis: the error's sampling noise
+            out["calibration_error_noise"] = calibration_error_noise(*args)
         for level in (50, 90, 95):
             out[f"coverage_{level}"] = coverage(*args, level=level / 100)
     else:

@@ -12,7 +12,7 @@ from hbmeta.model.exact import gaussian_distance, linear_gaussian_posterior
 from hbmeta.plots import plot_calibration, plot_predictive_band, plot_rank, plot_reliability, plot_trace
 from hbmeta.run.config import Config
 
-_ORDER = ("mse", "nll", "calibration_error", "coverage_50", "coverage_90", "coverage_95",
+_ORDER = ("mse", "nll", "calibration_error", "calibration_error_noise", "coverage_50", "coverage_90", "coverage_95",
           "coverage_90_low_spread", "coverage_90_mid_spread", "coverage_90_high_spread",
           "accuracy", "brier", "ece")
 
