@@ -66,6 +66,7 @@ _EXPORTS = {
     "calibration_curve": "hbmeta.predict.metrics",
     "calibration_error": "hbmeta.predict.metrics",
     "calibration_error_noise": "hbmeta.predict.metrics",
+    "calibration_standard_errors": "hbmeta.predict.metrics",
     "categorical_nll": "hbmeta.predict.metrics",
     "check_step_size": "hbmeta.adaptation.stability",
     "concatenate_tasks": "hbmeta.tasks.batch",

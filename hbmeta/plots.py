@@ -20,7 +20,13 @@ import numpy as np
 
 from hbmeta.base.files import atomic_write
 from hbmeta.base.validate import check_positive_int, check_type
-from hbmeta.predict.metrics import calibration_curve, calibration_error, expected_calibration_error, reliability_curve
+from hbmeta.predict.metrics import (
+    calibration_curve,
+    calibration_error,
+    calibration_standard_errors,
+    expected_calibration_error,
+    reliability_curve,
+)
 from hbmeta.predict.predictive import Predictive, sample_predictive
 from hbmeta.predict.summary import summarize
 from hbmeta.tasks.batch import TaskBatch, with_query_inputs
@@ -191,7 +197,11 @@ def plot_calibration(predictive, tasks, path, *, levels=None, title=None) -> str
 
     ``predictive``: a :class:`~hbmeta.Predictive` of ``tasks`` or a dict
     label → Predictive to compare several; the diagonal is perfect
-    calibration, curves below it are overconfident in the lower tail.
+    calibration, curves below it are overconfident in the lower tail. With
+    two or more tasks the grey band is ±2 standard errors of each level's
+    frequency over the tasks (of the first predictive,
+    :func:`~hbmeta.predict.metrics.calibration_standard_errors`): how far a
+    calibrated predictive's curve strays by chance.
     """
     _check_path(path)
     fig, axes = _figure(1, 1, width=4.2, height=3.8)
@@ -200,6 +210,11 @@ def plot_calibration(predictive, tasks, path, *, levels=None, title=None) -> str
     for i, (label, pred) in enumerate(_as_dict(predictive).items()):
         if not pred.regression:
             raise ValueError("plot_calibration needs a regression predictive; use plot_reliability for classes")
+        if i == 0 and tasks.num_tasks >= 2:  # the band a calibrated predictive stays in, from sampling the tasks
+            q, se = (np.asarray(a) for a in calibration_standard_errors(pred.mean, pred.noise, tasks.y_query,
+                                                                           tasks.query_mask, levels=levels))
+            ax.fill_between(q, q - 2 * se, q + 2 * se, color="0.85", lw=0,
+                            label=f"±2 s.e. over the {tasks.num_tasks} tasks")
         q, freq = calibration_curve(pred.mean, pred.noise, tasks.y_query, tasks.query_mask, levels=levels)
         q, freq = np.asarray(q), np.asarray(freq)
         err = float(calibration_error(pred.mean, pred.noise, tasks.y_query, tasks.query_mask, levels=levels))

@@ -108,6 +108,11 @@ def test_calibration_error_noise_respects_the_mask_and_needs_two_tasks():
                                                                            draw_axes=0)), rel=1e-5)
     with pytest.raises(ValueError, match="at least two tasks"):
         hb.calibration_error_noise(np.zeros((1, 6, 1)), 1.0, y[:1], draw_axes=0)
+    # the per-level standard errors behind it (plot_calibration's band): level q of perfectly correlated points
+    # has SE² = q̂(1 − q̂)/(T − 1), q̂ the observed frequency
+    levels, se = hb.calibration_standard_errors(np.zeros(y.shape), 1.0, np.repeat(y[:, :1], 6, axis=1), draw_axes=0)
+    freq = np.array([np.mean(norm.cdf(y[:, 0, 0]) <= q) for q in np.asarray(levels)])
+    np.testing.assert_allclose(np.asarray(se) ** 2, freq * (1 - freq) / 49, rtol=1e-4, atol=1e-9)
 
 
 def test_calibration_curve_of_a_too_narrow_predictive_matches_normal_cdf():

@@ -166,6 +166,16 @@ def calibration_error_noise(mean, noise, y, mask=None, *, levels=None, draw_axes
         >>> bool(0.85 < float(n) / np.sqrt(np.mean(np.linspace(.05, .95, 20) * np.linspace(.95, .05, 20)) / 2000) < 1.15)
         True
     """
+    _, se = calibration_standard_errors(mean, noise, y, mask, levels=levels, draw_axes=draw_axes)
+    return jnp.sqrt(jnp.mean(jnp.square(se)))
+
+
+def calibration_standard_errors(mean, noise, y, mask=None, *, levels=None, draw_axes: int = 2):
+    """``(levels, SE)``: the standard error over tasks of each level's frequency (:func:`calibration_error_noise`).
+
+    ``freq(q) ± 2·SE(q)`` is the band a calibrated predictive's curve stays in about 95% of the time
+    at each level (``hbmeta.plots.plot_calibration`` shades it around the diagonal).
+    """
     mu, sd, y, w = _regression(mean, noise, y, mask, draw_axes)
     levels = jnp.asarray(PACOH_LEVELS if levels is None else levels, mu.dtype)
     u = pit(mu, sd, y)  # (*points, o)
@@ -178,7 +188,7 @@ def calibration_error_noise(mean, noise, y, mask=None, *, levels=None, draw_axes
     hits = jax.vmap(lambda q: jnp.sum(w * (u <= q), axis=1))(levels)  # (L, T): n_j F_j(q)
     freq = jnp.sum(hits, axis=1, keepdims=True) / jnp.sum(n)
     var = tasks / (tasks - 1) * jnp.sum(jnp.square(hits - n * freq), axis=1) / jnp.square(jnp.sum(n))
-    return jnp.sqrt(jnp.mean(var))
+    return levels, jnp.sqrt(var)
 
 
 @partial(jax.jit, static_argnames=("level", "draw_axes"))
