@@ -79,6 +79,7 @@ _EXPORTS = {
     "digits_episodes": "hbmeta.tasks.digits",
     "evaluate": "hbmeta.maml.evaluate",
     "expected_calibration_error": "hbmeta.predict.metrics",
+    "expected_calibration_error_floor": "hbmeta.predict.metrics",
     "finetune_losses": "hbmeta.maml.evaluate",
     "fit_task_hyperparameters": "hbmeta.model.task_posterior",
     "gaussian_distance": "hbmeta.model.exact",

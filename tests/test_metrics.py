@@ -189,6 +189,30 @@ def test_ece_of_calibrated_probabilities_is_within_its_bound():
     assert float(hb.expected_calibration_error(sharp, y, draw_axes=0)) > 4 * bound
 
 
+def test_ece_floor_matches_the_binomial_closed_form_and_ignores_masked_points():
+    # every point says (0.7, 0.3): one confidence bin, accuracy ~ Bin(n, 0.7)/n under calibration, so the floor is
+    # E|Bin(n, 0.7)/n − 0.7| (exact sum); 4,000 relabellings put the Monte Carlo error near 1.5% of it
+    from scipy.stats import binom
+
+    n = 300
+    exact = float(np.sum(binom.pmf(np.arange(n + 1), n, 0.7) * np.abs(np.arange(n + 1) / n - 0.7)))
+    p = np.tile([0.7, 0.3], (n + 50, 1))
+    mask = np.r_[np.ones(n, bool), np.zeros(50, bool)]
+    p[n:] = [0.5, 0.5]  # masked: would add a second bin if they counted
+    floor = float(hb.expected_calibration_error_floor(p, mask, key=0, num_draws=4000, draw_axes=0))
+    assert abs(floor / exact - 1) < 0.05
+    # and a calibrated predictive's ECE on real labels sits near its floor, an overconfident one far above
+    rng = np.random.default_rng(11)
+    q = rng.dirichlet(np.full(3, 0.7), size=2000)
+    y = (rng.random(2000)[:, None] > np.cumsum(q, axis=1)).sum(axis=1)
+    ece_floor = float(hb.expected_calibration_error_floor(q, key=1, draw_axes=0))
+    assert float(hb.expected_calibration_error(q, y, draw_axes=0)) < 3 * ece_floor
+    sharp = q**3 / np.sum(q**3, axis=1, keepdims=True)
+    assert float(hb.expected_calibration_error(sharp, y, draw_axes=0)) > 5 * ece_floor
+    with pytest.raises(ValueError, match="num_draws"):
+        hb.expected_calibration_error_floor(q, key=1, num_draws=0, draw_axes=0)
+
+
 def test_metric_input_errors():
     with pytest.raises(ValueError, match="mean has shape"):
         hb.mixture_nll(np.zeros((1, 2, 3, 1)), 1.0, np.zeros((4, 1)))
@@ -239,5 +263,5 @@ def test_predictive_metrics_classification():
     tasks = hb.make_tasks(rng.normal(size=(5, 6, 2)), rng.integers(0, 3, (5, 6)), rng.normal(size=(5, 9, 2)),
                           rng.integers(0, 3, (5, 9)))
     m = hb.predictive_metrics(post, tasks, key=0)
-    assert set(m) == {"accuracy", "nll", "brier", "ece"}
+    assert set(m) == {"accuracy", "nll", "brier", "ece", "ece_floor"}
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["brier"] <= 2 and m["nll"] > 0

@@ -23,6 +23,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 
+from hbmeta.base.jax_checks import as_key
 from hbmeta.base.validate import check_positive_int
 from hbmeta.predict.mixture import pit
 from hbmeta.predict.predictive import Predictive, sample_predictive
@@ -263,6 +264,39 @@ def expected_calibration_error(probs, y, mask=None, *, num_bins: int = 15, draw_
     return jnp.sum(gaps * count) / jnp.sum(count)
 
 
+def expected_calibration_error_floor(probs, mask=None, *, key, num_draws: int = 200, num_bins: int = 15,
+                                     draw_axes: int = 2):
+    """The ECE a perfectly calibrated predictive with these probabilities shows: mean over relabellings.
+
+    ECE is biased upwards: with finitely many points in each confidence bin,
+    ``|acc_b − conf_b|`` is positive even when the probabilities are right. So
+    labels are drawn from the mixture's own probabilities ``p̄`` (consistency
+    resampling, Bröcker & Smith 2007), ``num_draws`` times, and the mean of
+    their ECE (:func:`expected_calibration_error`, same bins and mask) is
+    returned: an ECE near it is indistinguishable from calibration on these
+    points, one well above it is miscalibration. Labels are drawn
+    independently per point, so correlation between the points of a task is
+    not in it: a lower bound of the sampling noise.
+
+    Example:
+        >>> import numpy as np, jax
+        >>> p = np.tile([0.7, 0.3], (400, 1))  # one bin: E|Bin(400, 0.7)/400 − 0.7| ≈ 0.018
+        >>> round(float(expected_calibration_error_floor(p, key=jax.random.key(0), num_draws=2000, draw_axes=0)), 3)
+        0.018
+    """
+    check_positive_int("num_draws", num_draws)
+    pbar, _, w = _classification(probs, jnp.zeros(jnp.shape(probs)[draw_axes:-1], jnp.int32), mask, draw_axes)
+    logits = jnp.log(jnp.maximum(jnp.nan_to_num(pbar, nan=0.0), jnp.finfo(pbar.dtype).tiny))
+    keys = jax.random.split(as_key(key), int(num_draws))
+    mask = None if mask is None else jnp.asarray(mask)
+
+    def one(k):
+        y = jax.random.categorical(k, logits, axis=-1)
+        return expected_calibration_error(pbar, y, mask, num_bins=num_bins, draw_axes=0)
+
+    return jnp.mean(jax.lax.map(one, keys))
+
+
 SPREAD_GROUPS = ("low", "mid", "high")
 
 
@@ -313,7 +347,8 @@ def predictive_metrics(posterior, tasks, *, key, predictive=None, draw_chunk: in
     ``calibration_error_noise`` (with two or more tasks:
     :func:`calibration_error_noise`), ``coverage_50``, ``coverage_90``,
     ``coverage_95``. Classification: ``accuracy``, ``nll``,
-    ``brier``, ``ece``. A ``predictive`` already sampled for these tasks is
+    ``brier``, ``ece``, ``ece_floor`` (:func:`expected_calibration_error_floor`, labels
+    drawn with ``key`` folded in with 1). A ``predictive`` already sampled for these tasks is
     used as it is; otherwise :func:`~hbmeta.sample_predictive` draws one.
 
     Example:
@@ -350,5 +385,7 @@ def predictive_metrics(posterior, tasks, *, key, predictive=None, draw_chunk: in
             "nll": categorical_nll(*args),
             "brier": brier_score(*args),
             "ece": expected_calibration_error(*args),
+            "ece_floor": expected_calibration_error_floor(predictive.probs, mask,
+                                                          key=jax.random.fold_in(as_key(key), 1)),
         }
     return {name: float(value) for name, value in out.items()}

@@ -312,7 +312,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             predictives[method] = sample_predictive(post, test, key=keys["predict"], devices=devices)
             if eff.evaluation.compare_maml and method != "maml":
                 predictives["maml"] = sample_predictive(maml_post, test, key=keys["predict_maml"], devices=devices)
-            held = {name: _held_out_metrics(pred, test) for name, pred in predictives.items()}
+            held = {name: _held_out_metrics(pred, test, keys["predict"]) for name, pred in predictives.items()}
             if data is not None:  # standardised targets: report the metrics in the target's original units
                 held = {m: data.scaler.metrics_to_original(v) for m, v in held.items()}
             metrics["held_out"] = held
@@ -390,9 +390,12 @@ def run_devices(count: int):
     return jax.device_count() if count == 0 else count
 
 
-def _held_out_metrics(predictive, tasks) -> dict:
-    """The metrics of one predictive on the held-out tasks, with regression's coverage per third of the tasks."""
-    out = predictive_metrics(None, tasks, key=None, predictive=predictive)
+def _held_out_metrics(predictive, tasks, key) -> dict:
+    """The metrics of one predictive on the held-out tasks, with regression's coverage per third of the tasks.
+
+    ``key`` draws the labels of classification's ECE floor.
+    """
+    out = predictive_metrics(None, tasks, key=key, predictive=predictive)
     if predictive.regression:
         out.update(coverage_by_spread(predictive, tasks, level=0.9))
     return out

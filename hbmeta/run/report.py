@@ -14,7 +14,7 @@ from hbmeta.run.config import Config
 
 _ORDER = ("mse", "nll", "calibration_error", "calibration_error_noise", "coverage_50", "coverage_90", "coverage_95",
           "coverage_90_low_spread", "coverage_90_mid_spread", "coverage_90_high_spread",
-          "accuracy", "brier", "ece")
+          "accuracy", "brier", "ece", "ece_floor")
 
 
 def exact_comparison(objects, spec, post, train) -> dict | None:
