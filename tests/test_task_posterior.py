@@ -484,7 +484,7 @@ def test_fixed_tau_without_draws_and_classification_predictive():
     np.testing.assert_allclose(pred.probs[0, 0], ref.probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred.probs.sum(-1), 1.0, rtol=1e-5)
     metrics = hb.predictive_metrics(post, blobs, key=0, predictive=pred)
-    assert set(metrics) == {"accuracy", "nll", "brier", "ece"}
+    assert set(metrics) == {"accuracy", "nll", "brier", "ece", "ece_floor"}
 
 
 def test_maml_posterior_records_tau_and_a_posterior_init_carries_it():
