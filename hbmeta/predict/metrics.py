@@ -181,9 +181,9 @@ def calibration_standard_errors(mean, noise, y, mask=None, *, levels=None, draw_
     levels = jnp.asarray(PACOH_LEVELS if levels is None else levels, mu.dtype)
     u = pit(mu, sd, y)  # (*points, o)
     w = jnp.broadcast_to(w[..., None], u.shape)
-    tasks = u.shape[0] if u.ndim > 1 else 1
-    if u.ndim == 1 or tasks < 2:
+    if u.ndim < 2 or u.shape[0] < 2:
         raise ValueError(f"y has shape {tuple(y.shape)}; expected at least two tasks along its first axis")
+    tasks = u.shape[0]
     u, w = u.reshape(tasks, -1), w.reshape(tasks, -1)
     n = jnp.sum(w, axis=1)  # (T,)
     hits = jax.vmap(lambda q: jnp.sum(w * (u <= q), axis=1))(levels)  # (L, T): n_j F_j(q)
@@ -285,7 +285,8 @@ def expected_calibration_error_floor(probs, mask=None, *, key, num_draws: int = 
         0.018
     """
     check_positive_int("num_draws", num_draws)
-    pbar, _, w = _classification(probs, jnp.zeros(jnp.shape(probs)[draw_axes:-1], jnp.int32), mask, draw_axes)
+    # the labels are drawn below: placeholders only let _classification check the shapes and the mask
+    pbar, _, _ = _classification(probs, jnp.zeros(jnp.shape(probs)[draw_axes:-1], jnp.int32), mask, draw_axes)
     logits = jnp.log(jnp.maximum(jnp.nan_to_num(pbar, nan=0.0), jnp.finfo(pbar.dtype).tiny))
     keys = jax.random.split(as_key(key), int(num_draws))
     mask = None if mask is None else jnp.asarray(mask)
