@@ -63,9 +63,9 @@ DEV_SEED = 5_151_515  # development draws only: never used for a reported figure
 LEVELS = np.arange(1, 20) / 20  # PACOH's 19 levels 0.05 … 0.95
 
 
-def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted",
-                        setup: str = "sinusoid"):
-    """Train the default ensemble on draw ``draw`` and return every member's predictive on train and held-out tasks."""
+def train_members(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted",
+                  setup: str = "sinusoid"):
+    """The default ensemble on development draw ``draw``: ``(spec, spec_task, train, held, θ (M, P), holdout index)``."""
     st = setups()[setup]
     key = jax.random.key(DEV_SEED + draw)
     k_train, k_init, k_fit, k_held = jax.random.split(key, 4)
@@ -80,8 +80,15 @@ def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, pri
                           num_iterations=st.maml_iterations,
                           meta_batch_size=min(25, num_tasks - 2 * -(-num_tasks // members)),
                           optimizer=maml_optimizer(), progress=False)
-    theta = np.asarray(ens.samples["theta"][:, 0])
-    scale = holdout_task_scale(spec_task, theta, train, ens.info["holdout_index"], tails=True)
+    return spec, spec_task, train, held, np.asarray(ens.samples["theta"][:, 0]), np.asarray(ens.info["holdout_index"])
+
+
+def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted",
+                       setup: str = "sinusoid"):
+    """Train the default ensemble on draw ``draw`` and return every member's predictive on train and held-out tasks."""
+    spec, spec_task, train, held, theta, holdout_index = train_members(draw, num_tasks, num_eval, prior_mean, setup)
+    members = theta.shape[0]
+    scale = holdout_task_scale(spec_task, theta, train, holdout_index, tails=True)
     out = {"train": ([], []), "held": ([], [])}
     for m in range(members):
         for name, tasks in (("train", train), ("held", held)):
@@ -89,11 +96,11 @@ def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, pri
                                    noise=float(scale.noise[m]))
             out[name][0].append(np.asarray(p.mean, np.float64))
             out[name][1].append(np.asarray(p.var, np.float64))
-    mask = out_of_sample_mask(ens.info["holdout_index"], members, num_tasks)
+    mask = out_of_sample_mask(holdout_index, members, train.num_tasks)
     return {"train": (np.stack(out["train"][0]), np.stack(out["train"][1]), np.asarray(train.y_query, np.float64)),
             "held": (np.stack(out["held"][0]), np.stack(out["held"][1]), np.asarray(held.y_query, np.float64)),
-            "mask": mask, "scale": scale, "theta": theta, "holdout_index": np.asarray(ens.info["holdout_index"]),
-            "train_tasks": train, "held_tasks": held, "net": net, "spec": spec}
+            "mask": mask, "scale": scale, "theta": theta, "holdout_index": holdout_index,
+            "train_tasks": train, "held_tasks": held, "net": hb.mlp(setups()[setup].sizes), "spec": spec}
 
 
 def mixture_cdf(mu, var, y, dof, nodes=None):

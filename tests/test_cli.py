@@ -205,6 +205,9 @@ def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
         assert (fold is not None) == (name == "sinusoid")  # regression: σ, τ and the tails fitted on the folds
         if fold is not None:
             assert set(fold["tail_scores"]) == {"2.5", "3.0", "4.0", "6.0", "10.0", "30.0", "inf"}
+            shares = fold["share_scores"]  # 1 always; the others where the second-moment rule applies
+            assert "1.0" in shares and set(shares) <= {"1.0", "0.5", "0.25", "0.1", "0.05"}
+            assert fold["noise_share"] == float(max(shares, key=shares.get))
     assert dict(idata.log_likelihood["y"].sizes) == {"chain": chains, "draw": draws, "task": 8}
     held = hb.load_netcdf(run / "heldout.nc")
     assert held.observed_data["y"].shape[0] == 8  # the held-out tasks are in it too

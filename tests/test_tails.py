@@ -21,7 +21,18 @@ import pytest
 from scipy import stats
 
 import hbmeta as hb
-from hbmeta.inference.holdout import _FLOOR, SCALE_GRID, TAIL_DOFS, _fold_loglik, choose_scale, fit_tails, scale_nodes
+from hbmeta.inference.holdout import (
+    _FLOOR,
+    NOISE_SHARES,
+    SCALE_GRID,
+    TAIL_DOFS,
+    _fold_loglik,
+    choose_scale,
+    fit_tails,
+    holdout_task_scale,
+    mixture_fold_score,
+    scale_nodes,
+)
 
 
 @pytest.mark.parametrize("dof", [2.5, 3.0, 6.0, 30.0])
@@ -153,3 +164,63 @@ def test_ensemble_draws_are_the_nodes_of_each_members_scale_mixture():
     fixed = replace(spec, likelihood=hb.NormalLikelihood(noise=0.3))
     assert hb.run_ensemble(fixed, tasks, **args).samples["theta"].shape == (4, 1, spec.num_params)
     assert jnp.all(jnp.isfinite(hb.sample_predictive(post, tasks, key=0).mean))
+
+
+def _blocks(members, tasks):
+    """Member m leaves out blocks m and m + 1 (mod M) of M equal blocks: every task is new to two members."""
+    block = np.arange(tasks).reshape(members, -1)
+    return np.stack([np.concatenate([block[m], block[(m + 1) % members]]) for m in range(members)])
+
+
+def test_noise_share_keeps_the_members_own_fit_on_a_well_specified_model():
+    # linear-Gaussian tasks and the linear model with φ_j ~ N(θ, τ²I) at the true θ: the task-level posterior is
+    # the exact Bayesian predictive at τ = 1, σ = 0.5, so shrinking σ² can only lose on the folds
+    family = hb.LinearGaussian(dim=3, scale=1.0, noise=0.5, num_support=5, num_query=20)
+    tasks = family.sample(jax.random.key(3), 120)
+    spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.1), {"w": jnp.zeros(3)},
+                        task_posterior=hb.TaskPosterior(prior_mean="theta"))
+    fit = holdout_task_scale(spec, np.zeros((4, 3)), tasks, _blocks(4, 120), num_steps=30)
+    assert fit.noise_share == 1.0 and set(fit.share_scores) == set(NOISE_SHARES)
+    assert max(fit.share_scores, key=fit.share_scores.get) == 1.0
+    assert fit.share_scores[1.0] > fit.share_scores[0.25] + 0.01
+    np.testing.assert_allclose(fit.noise, 0.5, rtol=0.15)
+    np.testing.assert_allclose(fit.tau, 1.0, rtol=0.25)
+
+
+def test_noise_share_is_the_folds_best_and_scales_only_sigma():
+    net = hb.mlp((1, 8, 1))
+    tasks = hb.Sinusoid(num_support=5, num_query=5).sample(jax.random.key(0), 16)
+    spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=0.01), net.init(jax.random.key(1)),
+                        task_posterior=hb.TaskPosterior())
+    theta = np.stack([hb.ModelSpec(spec.rule, net.init(jax.random.key(k))).ravel(net.init(jax.random.key(k)))
+                      for k in range(4)])
+    index = _blocks(4, 16)
+    own = holdout_task_scale(spec, theta, tasks, index, noise_shares=(1.0,))
+    fit = holdout_task_scale(spec, theta, tasks, index)
+    assert own.noise_share == 1.0 and list(own.share_scores) == [1.0]
+    assert fit.noise_share == max(fit.share_scores, key=fit.share_scores.get) and 1.0 in fit.share_scores
+    # τ_m and σ_m are the same type-II fits: only σ² is shared by s, then both are scaled by c
+    np.testing.assert_allclose(fit.tau / np.sqrt(fit.scale), own.tau / np.sqrt(own.scale), rtol=1e-5)
+    np.testing.assert_allclose(fit.noise / np.sqrt(fit.scale * fit.noise_share), own.noise / np.sqrt(own.scale),
+                               rtol=1e-5)
+    for bad in ((0.5,), (1.0, 0.0), (1.0, 1.5), ()):
+        with pytest.raises(ValueError, match="noise_shares=.*expected factors in \\(0, 1\\] that include 1.0"):
+            holdout_task_scale(spec, theta, tasks, index, noise_shares=bad)
+
+
+def test_mixture_fold_score_is_the_mixture_log_likelihood_with_the_missing_spread():
+    rng = np.random.default_rng(4)
+    members, tasks, points = 4, 30, 6
+    mu = rng.normal(size=(members, tasks, points, 1))
+    var = rng.uniform(0.2, 1.0, size=mu.shape)
+    y = rng.normal(size=(tasks, points, 1))
+    out = _two_out_of_sample(rng, members, tasks)
+    u = scale_nodes(4.0)
+    got = mixture_fold_score(mu, var, y, out, np.ones((tasks, points)), u, 0.3)
+    total = 0.0
+    for j in range(tasks):
+        ms = np.flatnonzero(out[:, j])
+        extra = 0.3 * (1 / len(ms) - 1 / members)
+        dens = [stats.norm.pdf(y[j], mu[m, j], np.sqrt((var[m, j] + extra) * uk)) for m in ms for uk in u]
+        total += np.sum(np.log(np.mean(dens, axis=0)))
+    assert math.isclose(got, total / (tasks * points), rel_tol=1e-4)

@@ -269,6 +269,18 @@ def test_type_two_maximum_likelihood_finds_the_maximum_and_the_truth():
     assert fit.losses.shape == (30,) and np.all(np.isfinite(fit.losses))
 
 
+def test_type_two_fit_never_ends_worse_than_it_started():
+    # these 100 tasks once sent L-BFGS from the grid's best point (loss 0.849) to τ = 2e-6 (loss 6.48): a failed
+    # line search's step was taken although it raised the objective
+    family = hb.LinearGaussian(dim=3, scale=1.0, noise=0.5, num_support=5, num_query=20)
+    tasks = family.sample(jax.random.key(5), 200).take(jnp.asarray(np.r_[150:200, 0:50]))
+    spec = hb.ModelSpec(hb.GradientSteps(hb.linear().apply, step_size=0.1), {"w": jnp.zeros(3)},
+                        task_posterior=hb.TaskPosterior(prior_mean="theta"))
+    fit = hb.fit_task_hyperparameters(spec, jnp.zeros(3), tasks)
+    assert np.all(np.diff(fit.losses) <= 0) and fit.losses[-1] <= fit.losses[0]
+    assert fit.tau == pytest.approx(1.0, rel=0.25) and fit.noise == pytest.approx(0.5, rel=0.1)
+
+
 # ----- (d) masks: padded tasks equal unpadded ones
 
 

@@ -58,6 +58,22 @@ much as M members would. The better accuracy of an M-member mean is not
 credited (crediting it too, ``2v(1/n_j − 1/M)``, can leave the members no
 variance of their own at all), so the choice still errs on the wide side.
 
+**The noise share** (regression with an inferred σ). Each member's (τ_m,
+σ_m) maximise that member's own out-of-sample likelihood, as if it were the
+whole predictive. In the mixture the members' spread already covers part of
+the error, and a smaller σ_m against τ_m lets each member follow its support
+points more closely: the linearised mean depends on τ² and σ² through
+τ²(τ²K + σ²I)⁻¹ (it interpolates the support as σ²/τ² → 0), and the
+variance near the support falls with it. So every σ_m² is multiplied by a
+share s from :data:`NOISE_SHARES` with τ_m kept, each member's predictive on
+the training tasks is recomputed, c and ν are chosen as above, and the s whose
+mixture has the best out-of-sample log-likelihood on the folds is kept, with
+the spread the folds' members lack against M added as in the fallback
+(:func:`mixture_fold_score`). Shares below 1 are compared only where the
+second-moment rule applies to them and to s = 1: the fallback chooses its c by
+that same likelihood, so its score would not be comparable. On a
+well-specified model (linear-Gaussian tasks) the members' own fit, s = 1, wins.
+
 What bias remains: the members that make these predictions trained on
 ``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
 (σ is then slightly too large: a conservative error); and ν is fitted on
@@ -82,6 +98,7 @@ from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictiv
 _FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
 TAIL_NODES = 8  # K, the Gaussians of each member's scale mixture
 TAIL_DOFS = (2.5, 3.0, 4.0, 6.0, 10.0, 30.0)  # the ν tried, besides ∞ (the Gaussian)
+NOISE_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)  # s, the factors on the members' σ_m² tried with τ_m kept
 
 
 class HoldoutNoise(NamedTuple):
@@ -115,6 +132,9 @@ class TaskScale(NamedTuple):
     - ``scale_rule``: how c was chosen: ``"second moment"`` (``c = V / V̄``), ``"folds' likelihood"`` (the
       members' spread alone exceeds the error of their mean, so ``V ≤ 0``: :func:`choose_scale`), or
       ``"fixed"`` (c = 1: classification or a fixed σ).
+    - ``noise_share``: s, the factor on every member's type-II σ_m² (τ_m kept) chosen on the folds before c
+      (1: the members' own fits); ``noise`` already includes it.
+    - ``share_scores``: ``{s: the folds' mixture log-likelihood per point}`` for every s compared.
     """
 
     tau: np.ndarray
@@ -127,6 +147,8 @@ class TaskScale(NamedTuple):
     tail_nodes: np.ndarray = np.ones(1)
     tail_scores: dict | None = None
     scale_rule: str = "second moment"
+    noise_share: float = 1.0
+    share_scores: dict | None = None
 
 
 def scale_nodes(dof: float, num_nodes: int = TAIL_NODES) -> np.ndarray:
@@ -330,8 +352,27 @@ def choose_scale(mu, var, y, out, w, *, tails: bool = True):
     return scale, "folds' likelihood", dof, scale_nodes(dof), scores if tails else None, r2, v, mean_var
 
 
+def mixture_fold_score(mu, var, y, out, w, nodes, spread) -> float:
+    """Out-of-sample log-likelihood per point of the members' mixture on the folds, with M members' spread.
+
+    ``var`` is each member's variance after scaling and ``nodes`` its scale
+    mixture; ``v(1/n_j − 1/M)`` (``spread`` = v) is added to every member's
+    variance on task j before the nodes scale it, the spread that the ``n_j``
+    members that left it out lack against all M (as in the fallback of
+    :func:`choose_scale`): ``mean_j,q log (1/n_j) Σ_{m ∈ O_j} (1/K) Σ_k
+    N(y; μ_m, u_k (v_m + v(1/n_j − 1/M)))``.
+    """
+    mu = jnp.asarray(mu)
+    num_members = mu.shape[0]
+    out = jnp.asarray(out, mu.dtype)
+    n = jnp.sum(out, axis=0)
+    missing = (spread * (1 / jnp.maximum(n, 1.0) - 1 / num_members)).astype(mu.dtype)[None, :, None, None]
+    return float(_fold_loglik(mu, jnp.asarray(var, mu.dtype) + missing, jnp.asarray(y, mu.dtype), out,
+                              jnp.asarray(w, mu.dtype), jnp.asarray(nodes, mu.dtype)))
+
+
 def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num_steps: int = 100,
-                       tails: bool = True) -> TaskScale:
+                       tails: bool = True, noise_shares=NOISE_SHARES) -> TaskScale:
     """τ_m, σ_m of every member with the task-level posterior, fitted on its held-out tasks and scaled (module docstring).
 
     Requires ``spec.task_posterior`` with an inferred τ (``tau=None``). For a
@@ -339,6 +380,11 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     ``tails`` the shape ν of the scale mixture is chosen on the folds
     (:func:`fit_tails`); with a fixed σ, or for classification, only τ_m is
     fitted, c = 1 and the predictive stays Gaussian (one node).
+
+    ``noise_shares``: the factors s on every member's fitted σ_m² (τ_m kept)
+    tried before scaling; the one whose mixture scores best on the folds
+    (:func:`mixture_fold_score`) is kept (module docstring, "The noise
+    share"). ``(1.0,)`` keeps each member's own type-II fit.
     """
     tp = spec.task_posterior
     if tp is None or tp.tau is not None:
@@ -348,26 +394,41 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     fixed_noise = lik.noise if lik.regression else None
     flat_theta = np.asarray(flat_theta)
     num_members = flat_theta.shape[0]
-    taus, sigmas, means, variances = [], [], [], []
+    shares = tuple(float(x) for x in np.atleast_1d(np.asarray(noise_shares, dtype=np.float64)))
+    if not shares or 1.0 not in shares or not all(0 < x <= 1 for x in shares):
+        raise ValueError(f"noise_shares={noise_shares!r}; expected factors in (0, 1] that include 1.0")
+    taus, sigmas = [], []
     for m in range(num_members):
         held = tasks.take(jnp.asarray(np.asarray(holdout_index)[m]))
         fit = fit_task_hyperparameters(spec, jnp.asarray(flat_theta[m]), held, noise=fixed_noise, num_steps=num_steps)
-        sigma = fixed_noise if fixed_noise is not None else fit.noise
         taus.append(fit.tau)
-        sigmas.append(sigma)
-        if lik.regression:
-            pred = task_predictive(spec, jnp.asarray(flat_theta[m]), tasks, tau=fit.tau, noise=sigma)
-            means.append(pred.mean)
-            variances.append(pred.var)
+        sigmas.append(fixed_noise if fixed_noise is not None else fit.noise)
     taus = np.asarray(taus)
     if not lik.regression:
         return TaskScale(taus, None, 1.0, float("nan"), float("nan"), float("nan"), scale_rule="fixed")
     sigmas = np.asarray(sigmas, dtype=np.float64)
-    mu, var = jnp.stack(means), jnp.stack(variances)
     out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
-    w = _weights(tasks, mu.dtype)
+
+    def predict(share):
+        preds = [task_predictive(spec, jnp.asarray(flat_theta[m]), tasks, tau=float(taus[m]),
+                                 noise=float(sigmas[m] * math.sqrt(share))) for m in range(num_members)]
+        return jnp.stack([p.mean for p in preds]), jnp.stack([p.var for p in preds])
+
     if fixed_noise is not None:
+        mu, var = predict(1.0)
+        w = _weights(tasks, mu.dtype)
         return TaskScale(taus, sigmas, 1.0, *_fold_moments(mu, var, tasks.y_query, out, w), scale_rule="fixed")
-    scale, rule, dof, nodes, scores, r2, v, mean_var = choose_scale(mu, var, tasks.y_query, out, w, tails=tails)
+    best, share_scores = None, {}
+    for share in sorted(shares, reverse=True):  # 1.0 first: the members' own fits
+        mu, var = predict(share)
+        w = _weights(tasks, mu.dtype)
+        fit = choose_scale(mu, var, tasks.y_query, out, w, tails=tails)
+        if share < 1.0 and (fit[1] != "second moment" or best[1][1] != "second moment"):
+            continue  # shares are compared under the second-moment rule only (module docstring)
+        share_scores[share] = mixture_fold_score(mu, var * fit[0], tasks.y_query, out, w, fit[3], fit[6])
+        if best is None or share_scores[share] > best[0] + 1e-9:
+            best = (share_scores[share], fit, share)
+    _, (scale, rule, dof, nodes, scores, r2, v, mean_var), share = best
     root = float(np.sqrt(scale))
-    return TaskScale(taus * root, sigmas * root, scale, r2, v, mean_var, dof, nodes, scores, rule)
+    return TaskScale(taus * root, sigmas * math.sqrt(share) * root, scale, r2, v, mean_var, dof, nodes, scores,
+                     rule, share, share_scores)

@@ -259,7 +259,12 @@ def support_log_marginal(spec, theta, tasks, *, tau, noise, step_size=None, task
 
 
 def _minimise(fun, x0, num_steps):
-    """L-BFGS (optax, backtracking line search) on a deterministic objective; a non-finite step is rejected."""
+    """L-BFGS (optax, backtracking line search) on a deterministic objective; a step that does not lower it is rejected.
+
+    A line search that fails can still return a step that raises the
+    objective (float32 near a flat optimum); keeping only steps that do not
+    raise it means the result is never worse than ``x0``.
+    """
     opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=20))
     value_and_grad = jax.value_and_grad(fun)
 
@@ -268,7 +273,8 @@ def _minimise(fun, x0, num_steps):
         value, grad = value_and_grad(x)
         updates, new_state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
         new_x = optax.apply_updates(x, updates)
-        ok = jnp.isfinite(fun(new_x))
+        new_value = fun(new_x)
+        ok = jnp.isfinite(new_value) & (new_value <= value)
         return (jnp.where(ok, new_x, x), jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)), value
 
     (x, _), losses = jax.lax.scan(step, (x0, opt.init(x0)), None, length=num_steps)

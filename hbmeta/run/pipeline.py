@@ -303,6 +303,9 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
                 "tau": [float(t) for t in fold["tau"]],
                 "noise": [float(t) for t in fold["noise"]],
                 "tail_dof": None if math.isinf(dof) else float(dof),
+                "noise_share": float(fold.get("noise_share", 1.0)),
+                "share_scores": None if not fold.get("share_scores") else
+                {str(k): float(v) for k, v in fold["share_scores"].items()},
                 "tail_scores": None if not fold.get("tail_scores") else
                 {("inf" if math.isinf(k) else str(k)): float(v) for k, v in fold["tail_scores"].items()},
             }

@@ -181,6 +181,8 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
         line = (f"  σ and τ fitted on held-out folds of the training tasks: mixture scale c = {_fmt(fold['scale'])}"
                 f"{rule}, σ_m {_fmt(min(fold['noise']))}..{_fmt(max(fold['noise']))}, "
                 f"τ_m {_fmt(min(fold['tau']))}..{_fmt(max(fold['tau']))}")
+        if fold.get("share_scores") and len(fold["share_scores"]) > 1:
+            line += f"; noise share s = {_fmt(fold['noise_share'])} (σ_m² × s against τ_m, chosen on the folds)"
         if fold.get("tail_dof") is not None:
             line += f"; tails: Student-t ν = {_fmt(fold['tail_dof'])} (chosen on the folds)"
         elif fold.get("tail_scores"):
