@@ -20,7 +20,8 @@ Methods (every Bayesian one started at MAML's θ, or at the ensemble's members):
   posterior fitted by type-II maximum likelihood on that block.
 - ``ensemble``: 8 MAML solutions (:func:`hbmeta.run_ensemble`, σ from
   held-out blocks). ``ensemble+task``: the same members, τ_m and σ_m fitted on
-  each member's held-out tasks and scaled for the mixture, each member's
+  each member's held-out tasks, σ_m² shrunk by the noise share chosen on the
+  folds and both scaled for the mixture, each member's
   predictive a variance-preserving scale mixture of 8 Gaussians whose ν is
   chosen on the same held-out tasks (:mod:`hbmeta.inference.holdout`;
   ``--gaussian-tails``: one Gaussian per member, as before).
@@ -246,8 +247,8 @@ def run_config(name, num_tasks, args, cfg):
                        "tau": (scale.tau[:, None] * root).astype(np.float32)}
             if regression:
                 samples["noise"] = (scale.noise[:, None] * root).astype(np.float32)
-            print(f"{name}:{num_tasks} ensemble+task: scale c = {scale.scale:.3f}, tails ν = {scale.tail_dof}",
-                  flush=True)
+            print(f"{name}:{num_tasks} ensemble+task: scale c = {scale.scale:.3f}, noise share s = "
+                  f"{scale.noise_share:g}, tails ν = {scale.tail_dof}", flush=True)
             post = hb.Posterior(samples, spec_task, "ensemble", ens.settings, info={"scale": scale._asdict()})
             return post, secs + time.perf_counter() - t, False, None
         start = hb.maml_posterior(spec, maml.params, train)
