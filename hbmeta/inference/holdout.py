@@ -420,11 +420,13 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
         return TaskScale(taus, sigmas, 1.0, *_fold_moments(mu, var, tasks.y_query, out, w), scale_rule="fixed")
     best, share_scores = None, {}
     for share in sorted(shares, reverse=True):  # 1.0 first: the members' own fits
+        if share < 1.0 and best[1][1] != "second moment":
+            break  # shares are compared under the second-moment rule only (module docstring)
         mu, var = predict(share)
         w = _weights(tasks, mu.dtype)
         fit = choose_scale(mu, var, tasks.y_query, out, w, tails=tails)
-        if share < 1.0 and (fit[1] != "second moment" or best[1][1] != "second moment"):
-            continue  # shares are compared under the second-moment rule only (module docstring)
+        if share < 1.0 and fit[1] != "second moment":
+            continue
         share_scores[share] = mixture_fold_score(mu, var * fit[0], tasks.y_query, out, w, fit[3], fit[6])
         if best is None or share_scores[share] > best[0] + 1e-9:
             best = (share_scores[share], fit, share)
