@@ -20,7 +20,6 @@ the held-out tasks still come from the family.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import replace
@@ -40,7 +39,7 @@ from hbmeta.distributed import is_main_process
 from hbmeta.inference.chains import default_chunk_size
 from hbmeta.inference.dispatch import infer, maml_posterior
 from hbmeta.inference.ensemble import choose_member_devices, ensemble_train_size
-from hbmeta.inference.holdout import TAIL_NODES
+from hbmeta.inference.holdout import TAIL_NODES, task_scale_json
 from hbmeta.maml.evaluate import divergence_message, evaluate
 from hbmeta.maml.train import train_maml
 from hbmeta.model.task_posterior import fit_task_hyperparameters
@@ -297,18 +296,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
             metrics["skipped_steps"] = int(post.info["skipped_steps"])
         fold = post.info.get("holdout_noise") if method == "ensemble" else None
         if fold is not None and "tau" in fold and fold.get("noise") is not None:  # the task-level fit on the folds
-            dof = fold.get("tail_dof", math.inf)
-            metrics["holdout_fit"] = {
-                "scale": float(fold["scale"]), "scale_rule": fold.get("scale_rule", "second moment"),
-                "tau": [float(t) for t in fold["tau"]],
-                "noise": [float(t) for t in fold["noise"]],
-                "tail_dof": None if math.isinf(dof) else float(dof),
-                "noise_share": float(fold.get("noise_share", 1.0)),
-                "share_scores": None if not fold.get("share_scores") else
-                {str(k): float(v) for k, v in fold["share_scores"].items()},
-                "tail_scores": None if not fold.get("tail_scores") else
-                {("inf" if math.isinf(k) else str(k)): float(v) for k, v in fold["tail_scores"].items()},
-            }
+            metrics["holdout_fit"] = task_scale_json(fold)
         predictives = {}
         if evaluate_held_out:
             stages.start("evaluate", f"sampling adapted models on {test.num_tasks} held-out tasks")
