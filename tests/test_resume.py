@@ -1,7 +1,8 @@
 """Checkpoint and resume: a run SIGKILLed in the middle of MAML training, resumed, SIGKILLed again in the middle of
 SVI and resumed again, ends bit for bit where an uninterrupted run with the same seed ends, and so does a run
-SIGKILLed in the middle of NUTS's warm-up; a killed run never looks complete. SVGD, Laplace's MAP search, the
-ensemble and NUTS/HMC stopped in warm-up or in sampling resume through the same loop (checked in-process)."""
+SIGKILLed in the middle of NUTS's warm-up or of the ensemble's meta-training; a killed run never looks complete.
+SVGD, Laplace's MAP search, the ensemble and NUTS/HMC stopped in warm-up or in sampling resume through the same
+loop (checked in-process)."""
 
 import json
 import os
@@ -259,10 +260,10 @@ def test_resume_refuses_a_complete_run_and_nothing(tmp_path):
         find_partial(tmp_path / "never")
 
 
-# SVGD, Laplace's MAP search and the ensemble's meta-training: 8 chunks of 1,000 steps, a checkpoint after each
+# The ensemble's meta-training (the default method): 8 chunks of 1,000 steps, a checkpoint after each. SVGD and
+# Laplace's MAP search checkpoint through the same loop and are checked in-process
+# (test_a_posterior_fit_resumed_from_a_checkpoint_equals_one_uninterrupted_run).
 _KILL_RUNS = {
-    "svgd": (["inference.svgd.num_steps=8000", "inference.svgd.num_particles=4"], "SVGD: 4000/8000", "SVGD"),
-    "laplace": (["inference.laplace.num_steps=8000", "inference.laplace.num_draws=50"], "MAP: 4000/8000", "MAP"),
     "ensemble": (["inference.ensemble.num_iterations=8000", "inference.ensemble.num_members=3",
                   "inference.ensemble.meta_batch_size=4"],
                  "ensemble meta-training (3 members): 4000/8000", "ensemble meta-training (3 members)"),

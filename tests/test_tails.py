@@ -31,6 +31,7 @@ from hbmeta.inference.holdout import (
     fit_tails,
     holdout_task_scale,
     mixture_fold_score,
+    out_of_sample_mask,
     scale_nodes,
 )
 
@@ -187,14 +188,19 @@ def test_noise_share_keeps_the_members_own_fit_on_a_well_specified_model():
     np.testing.assert_allclose(fit.tau, 1.0, rtol=0.25)
 
 
-def test_noise_share_is_the_folds_best_and_scales_only_sigma():
+def _random_members():
+    """Four untrained 1-8-1 members on 16 sinusoid tasks: ``(spec, θ (4, P), tasks, holdout index)``."""
     net = hb.mlp((1, 8, 1))
     tasks = hb.Sinusoid(num_support=5, num_query=5).sample(jax.random.key(0), 16)
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=0.01), net.init(jax.random.key(1)),
                         task_posterior=hb.TaskPosterior())
     theta = np.stack([hb.ModelSpec(spec.rule, net.init(jax.random.key(k))).ravel(net.init(jax.random.key(k)))
                       for k in range(4)])
-    index = _blocks(4, 16)
+    return spec, theta, tasks, _blocks(4, 16)
+
+
+def test_noise_share_is_the_folds_best_and_scales_only_sigma():
+    spec, theta, tasks, index = _random_members()
     own = holdout_task_scale(spec, theta, tasks, index, noise_shares=(1.0,))
     fit = holdout_task_scale(spec, theta, tasks, index)
     assert own.noise_share == 1.0 and list(own.share_scores) == [1.0]
@@ -224,3 +230,24 @@ def test_mixture_fold_score_is_the_mixture_log_likelihood_with_the_missing_sprea
         dens = [stats.norm.pdf(y[j], mu[m, j], np.sqrt((var[m, j] + extra) * uk)) for m in ms for uk in u]
         total += np.sum(np.log(np.mean(dens, axis=0)))
     assert math.isclose(got, total / (tasks * points), rel_tol=1e-4)
+
+
+def test_noise_shares_are_compared_under_the_fallback_too():
+    # the random members scaled up threefold disagree far more than their mean errs: s = 1 falls back to the
+    # folds' likelihood, and so does every share; each score is then the best over the same grid of c and ν,
+    # so all five are compared (a share whose rule differed from s = 1's would not be)
+    spec, theta, tasks, index = _random_members()
+    fit = holdout_task_scale(spec, 3 * theta, tasks, index)
+    assert fit.scale_rule == "folds' likelihood" and set(fit.share_scores) == set(NOISE_SHARES)
+    assert fit.noise_share == max(fit.share_scores, key=fit.share_scores.get)
+    # the chosen share's score is its own fallback fit's: recomputed from the members' predictives with σ_m √s
+    own = holdout_task_scale(spec, 3 * theta, tasks, index, noise_shares=(1.0,))
+    s = fit.noise_share
+    preds = [hb.task_predictive(spec, jnp.asarray(3 * theta[m]), tasks, tau=float(own.tau[m] / np.sqrt(own.scale)),
+                                noise=float(own.noise[m] / np.sqrt(own.scale) * np.sqrt(s))) for m in range(4)]
+    mu, var = jnp.stack([p.mean for p in preds]), jnp.stack([p.var for p in preds])
+    out, w = out_of_sample_mask(index, 4, tasks.num_tasks), np.ones(tasks.y_query.shape[:2])
+    c, rule, _, nodes, *_, v, _ = choose_scale(mu, var, tasks.y_query, out, w)
+    assert rule == "folds' likelihood" and math.isclose(c, fit.scale, rel_tol=1e-4)
+    assert math.isclose(mixture_fold_score(mu, var * c, tasks.y_query, out, w, nodes, v), fit.share_scores[s],
+                        rel_tol=1e-5)

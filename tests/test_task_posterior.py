@@ -267,6 +267,14 @@ def test_type_two_maximum_likelihood_finds_the_maximum_and_the_truth():
     fixed = hb.fit_task_hyperparameters(spec, theta, tasks, noise=0.3, num_steps=30)
     assert fixed.noise == 0.3 and fixed.tau == pytest.approx(fit.tau, rel=0.1)
     assert fit.losses.shape == (30,) and np.all(np.isfinite(fit.losses))
+    # the compiled fit is reused for the same spec: another fixed σ and another task count reach it as arguments
+    few = tasks.take(jnp.arange(60))
+    other = hb.fit_task_hyperparameters(spec, theta, few, noise=0.6, num_steps=30)
+
+    def at_06(tau):
+        return float(jnp.sum(hb.task_log_likelihood(spec, theta, few, tau=tau, noise=0.6)))
+
+    assert other.noise == 0.6 and at_06(other.tau) > max(at_06(other.tau * 1.05), at_06(other.tau * 0.95))
 
 
 def test_type_two_fit_never_ends_worse_than_it_started():

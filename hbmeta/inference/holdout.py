@@ -69,10 +69,12 @@ share s from :data:`NOISE_SHARES` with τ_m kept, each member's predictive on
 the training tasks is recomputed, c and ν are chosen as above, and the s whose
 mixture has the best out-of-sample log-likelihood on the folds is kept, with
 the spread the folds' members lack against M added as in the fallback
-(:func:`mixture_fold_score`). Shares below 1 are compared only where the
-second-moment rule applies to them and to s = 1: the fallback chooses its c by
-that same likelihood, so its score would not be comparable. On a
-well-specified model (linear-Gaussian tasks) the members' own fit, s = 1, wins.
+(:func:`mixture_fold_score`). A share below 1 is compared with s = 1 only
+under the same rule: the fallback (below) chooses its c by that same
+likelihood, so its score is the best over c and ν and would beat the second
+moment's unfairly, but two fallback fits are both such maxima over the same
+grid and compare fairly with each other. On a well-specified model
+(linear-Gaussian tasks) the members' own fit, s = 1, wins.
 
 What bias remains: the members that make these predictions trained on
 ``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
@@ -439,13 +441,11 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
         return TaskScale(taus, sigmas, 1.0, *_fold_moments(mu, var, tasks.y_query, out, w), scale_rule="fixed")
     best, share_scores = None, {}
     for share in sorted(shares, reverse=True):  # 1.0 first: the members' own fits
-        if share < 1.0 and best[1][1] != "second moment":
-            break  # shares are compared under the second-moment rule only (module docstring)
         mu, var = predict(share)
         w = _weights(tasks, mu.dtype)
         fit = choose_scale(mu, var, tasks.y_query, out, w, tails=tails)
-        if share < 1.0 and fit[1] != "second moment":
-            continue
+        if share < 1.0 and fit[1] != best[1][1]:
+            continue  # shares are compared under the rule that s = 1 took only (module docstring)
         share_scores[share] = mixture_fold_score(mu, var * fit[0], tasks.y_query, out, w, fit[3], fit[6])
         if best is None or share_scores[share] > best[0] + 1e-9:
             best = (share_scores[share], fit, share)

@@ -281,6 +281,36 @@ def _minimise(fun, x0, num_steps):
     return x, losses
 
 
+_TYPE_TWO: dict = {}
+
+
+def _type_two_fit(spec, regression: bool, fit_noise: bool, num_steps: int):
+    """The jitted grid search and L-BFGS of :func:`fit_task_hyperparameters`, cached per spec (no recompilation).
+
+    ``run(grid, data, count, fixed_noise) -> (u, losses)`` with ``u = (log τ[, log σ])``.
+    """
+    cache_key = (id(spec), regression, fit_noise, num_steps)
+    hit = _TYPE_TWO.get(cache_key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+
+    def loss(u, data, count, fixed_noise):
+        tau = jnp.exp(u[0])
+        sigma = (jnp.exp(u[1]) if fit_noise else fixed_noise) if regression else None
+        per_task = jax.vmap(lambda *a: log_likelihood_one(spec, *a, tau, sigma))(*data)
+        return -jnp.sum(per_task) / count
+
+    def run(grid, data, count, fixed_noise):
+        values = jax.lax.map(lambda u: loss(u, data, count, fixed_noise), grid)
+        start = grid[jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))]
+        return _minimise(lambda u: loss(u, data, count, fixed_noise), start, num_steps)
+
+    if len(_TYPE_TWO) >= 32:
+        _TYPE_TWO.clear()
+    _TYPE_TWO[cache_key] = (spec, jax.jit(run))
+    return _TYPE_TWO[cache_key][1]
+
+
 def fit_task_hyperparameters(
     spec, theta, tasks, *, noise=None, step_size=None, num_steps: int = 100, task_chunk=32
 ) -> TaskHyperparameters:
@@ -339,17 +369,6 @@ def fit_task_hyperparameters(
         y_obs = np.asarray(yq)[np.asarray(mask)]
         scale = float(np.sqrt(np.mean(np.square(y_obs)))) or 1.0
     fit_noise = regression and not fixed_noise
-
-    def unpack(u):
-        tau = jnp.exp(u[0])
-        sigma = (jnp.exp(u[1]) if fit_noise else jnp.asarray(noise, dtype)) if regression else None
-        return tau, sigma
-
-    def loss(u, data):
-        tau, sigma = unpack(u)
-        per_task = jax.vmap(lambda *a: log_likelihood_one(spec, *a, tau, sigma))(*data)
-        return -jnp.sum(per_task) / count
-
     data = (lin, ys, ms, yq, mq)
     grid_tau = np.linspace(math.log(1e-3), math.log(10.0), 25)
     if fit_noise:
@@ -357,14 +376,10 @@ def fit_task_hyperparameters(
         grid = np.stack(np.meshgrid(grid_tau, grid_sigma, indexing="ij"), -1).reshape(-1, 2)
     else:
         grid = grid_tau[:, None]
-
-    @jax.jit
-    def run(grid, data):
-        values = jax.lax.map(lambda u: loss(u, data), grid)
-        start = grid[jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))]
-        return _minimise(lambda u: loss(u, data), start, num_steps)
-
-    u, losses = run(jnp.asarray(grid, dtype), data)
-    tau, sigma = unpack(u)
+    fixed = jnp.asarray(noise if fixed_noise else 1.0, dtype)
+    run = _type_two_fit(spec, regression, fit_noise, int(num_steps))
+    u, losses = run(jnp.asarray(grid, dtype), data, jnp.asarray(count, dtype), fixed)
+    tau = jnp.exp(u[0])
+    sigma = (jnp.exp(u[1]) if fit_noise else fixed) if regression else None
     sigma = None if sigma is None else (float(noise) if fixed_noise else float(sigma))
     return TaskHyperparameters(float(tau), sigma, np.asarray(losses))
