@@ -13,12 +13,13 @@ This script trains the default ensemble (8 members, |T| = 100, held-out folds)
 on development draws (``DEV_SEED`` of ``calibration_gap.py``: never a reported
 result) and scores 600 held-out tasks of each draw twice: with the members' own
 fits (``noise_shares=(1.0,)``, the rule before this change) and with the share
-chosen on the folds. Columns: the share, c, ν, calibration error, 90% coverage
+chosen on the folds. Columns: the rule that set c, the share, c, ν, calibration error, 90% coverage
 (overall, within 0.22 of a support point, 0.88 or further), NLL and MSE.
 
 Usage:
     python bench/noise_share.py               # 14 draws, about 2 minutes a draw on 2 cores
     python bench/noise_share.py --draws 2
+    python bench/noise_share.py --setup sinusoid_line --first 4 --draws 10   # about 2.5 minutes a draw
 """
 
 from __future__ import annotations
@@ -59,19 +60,21 @@ def score(spec_task, theta, held, fit):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=14, help="development draws 0 … N − 1")
+    ap.add_argument("--first", type=int, default=0, help="the first development draw")
+    ap.add_argument("--setup", choices=("sinusoid", "sinusoid_line", "bmaml"), default="sinusoid")
     args = ap.parse_args(argv)
-    print("| draw | σ² share | c | ν | calib. error | cov 90 | cov 90 near | cov 90 far | NLL | MSE |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+    print("| draw | rule | σ² share | c | ν | calib. error | cov 90 | cov 90 near | cov 90 far | NLL | MSE |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
     totals = {"own": [], "chosen": []}
-    for draw in range(args.draws):
+    for draw in range(args.first, args.first + args.draws):
         t0 = time.perf_counter()
-        _, spec_task, train, held, theta, index = train_members(draw)
+        _, spec_task, train, held, theta, index = train_members(draw, setup=args.setup)
         for name, shares in (("own", (1.0,)), ("chosen", None)):
             fit = holdout_task_scale(spec_task, theta, train, index,
                                      **({} if shares is None else {"noise_shares": shares}))
             s = score(spec_task, theta, held, fit)
             totals[name].append(s)
-            print(f"| {draw} | {fit.noise_share:g}{' (own fit)' if shares else ''} | {fit.scale:.3f} | "
+            print(f"| {draw} | {fit.scale_rule} | {fit.noise_share:g}{' (own fit)' if shares else ''} | {fit.scale:.3f} | "
                   f"{fit.tail_dof:g} | {s[0]:.4f} | {s[1]:.3f} | {s[2]:.3f} | {s[3]:.3f} | {s[4]:.4f} | {s[5]:.4f} |",
                   flush=True)
         print(f"(draw {draw}: {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
