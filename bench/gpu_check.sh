@@ -34,4 +34,4 @@ else
   echo "== sharded against unsharded: one device only, nothing to split (tests/_scale_checks.py needs 2 or more)"
 fi
 echo "== the ArviZ and NetCDF tests"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_arviz.py tests/test_netcdf_stream.py 2>&1 | tail -5
+timeout 120 python3 -m pytest -q -n 0 -p no:cacheprovider tests/test_arviz.py tests/test_netcdf_stream.py 2>&1 | tail -5

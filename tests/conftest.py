@@ -1,4 +1,4 @@
-"""Test set-up: two simulated CPU devices, quick-to-compile XLA code, seeded randomness, warnings as errors.
+"""Test set-up (in each of pytest's two worker processes): two simulated CPU devices, quick-to-compile XLA code, seeded randomness, warnings as errors.
 
 The device count must be set before JAX initialises its backend, so it is
 done here, at collection, before any test module runs a computation.
@@ -7,6 +7,8 @@ done here, at collection, before any test module runs a computation.
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# pytest runs two worker processes (pyproject.toml): on a GPU, neither may take most of its memory up front
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # The tests compile far more than they compute: less optimised, quicker-to-compile XLA code (a third off the
 # suite's time). Subprocesses started by the tests inherit it. The numbers compared are computed under it.
 from hbmeta.base.xla import QUICK_COMPILE_FLAGS, with_quick_compile
