@@ -153,25 +153,6 @@ class TaskScale(NamedTuple):
     share_scores: dict | None = None
 
 
-def task_scale_json(fit: dict) -> dict:
-    """A :class:`TaskScale` as a dict (``fit._asdict()``) in JSON types: ``metrics.json``'s ``holdout_fit``.
-
-    ν = ∞ becomes None (``tail_dof``) or ``"inf"`` (a key of ``tail_scores``).
-    """
-    dof = fit.get("tail_dof", math.inf)
-    return {
-        "scale": float(fit["scale"]), "scale_rule": fit.get("scale_rule", "second moment"),
-        "tau": [float(t) for t in fit["tau"]],
-        "noise": [float(t) for t in fit["noise"]],
-        "tail_dof": None if math.isinf(dof) else float(dof),
-        "noise_share": float(fit.get("noise_share", 1.0)),
-        "share_scores": None if not fit.get("share_scores") else
-        {str(k): float(v) for k, v in fit["share_scores"].items()},
-        "tail_scores": None if not fit.get("tail_scores") else
-        {("inf" if math.isinf(k) else str(k)): float(v) for k, v in fit["tail_scores"].items()},
-    }
-
-
 def scale_nodes(dof: float, num_nodes: int = TAIL_NODES) -> np.ndarray:
     """Relative variances ``u_k`` of a discrete, variance-preserving Student-t with ``dof`` degrees of freedom.
 

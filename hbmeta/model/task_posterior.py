@@ -379,7 +379,5 @@ def fit_task_hyperparameters(
     fixed = jnp.asarray(noise if fixed_noise else 1.0, dtype)
     run = _type_two_fit(spec, regression, fit_noise, int(num_steps))
     u, losses = run(jnp.asarray(grid, dtype), data, jnp.asarray(count, dtype), fixed)
-    tau = jnp.exp(u[0])
-    sigma = (jnp.exp(u[1]) if fit_noise else fixed) if regression else None
-    sigma = None if sigma is None else (float(noise) if fixed_noise else float(sigma))
-    return TaskHyperparameters(float(tau), sigma, np.asarray(losses))
+    sigma = (float(noise) if fixed_noise else float(jnp.exp(u[1]))) if regression else None
+    return TaskHyperparameters(float(jnp.exp(u[0])), sigma, np.asarray(losses))

@@ -39,7 +39,7 @@ from hbmeta.distributed import is_main_process
 from hbmeta.inference.chains import default_chunk_size
 from hbmeta.inference.dispatch import infer, maml_posterior
 from hbmeta.inference.ensemble import choose_member_devices, ensemble_train_size
-from hbmeta.inference.holdout import TAIL_NODES, task_scale_json
+from hbmeta.inference.holdout import TAIL_NODES
 from hbmeta.maml.evaluate import divergence_message, evaluate
 from hbmeta.maml.train import train_maml
 from hbmeta.model.task_posterior import fit_task_hyperparameters
@@ -48,7 +48,7 @@ from hbmeta.predict.predictive import predictive_bytes, sample_predictive
 from hbmeta.run import build as _build
 from hbmeta.run.chain_starts import member_starts
 from hbmeta.run.config import Config
-from hbmeta.run.report import exact_comparison, final_table, summary_text, write_pictures
+from hbmeta.run.report import exact_comparison, final_table, summary_text, task_scale_json, write_pictures
 from hbmeta.run.rundir import RunWriter, new_run_path
 from hbmeta.run.scratch import ScratchWriter
 from hbmeta.run.store_plan import check_subsample_size, open_store, store_plan, store_tasks

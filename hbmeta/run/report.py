@@ -1,7 +1,8 @@
-"""What a run reports: the exact-posterior check, pictures, the final table and summary.txt."""
+"""What a run reports: the exact-posterior check, pictures, the final table, summary.txt and the ensemble's fit in metrics.json."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -210,3 +211,22 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
     lines += ["", diagnosis, "", "timings (s): " + ", ".join(f"{k} {v}" for k, v in metrics["timings_s"].items())]
     lines += ["", f"files in {path}:"] + [f"  {f}" for f in sorted(set(files) | {"run.json", "summary.txt"})]
     return "\n".join(lines) + "\n"
+
+
+def task_scale_json(fit: dict) -> dict:
+    """A :class:`~hbmeta.inference.holdout.TaskScale` as a dict (``fit._asdict()``) in JSON types: ``metrics.json``'s ``holdout_fit``.
+
+    ν = ∞ becomes None (``tail_dof``) or ``"inf"`` (a key of ``tail_scores``).
+    """
+    dof = fit.get("tail_dof", math.inf)
+    return {
+        "scale": float(fit["scale"]), "scale_rule": fit.get("scale_rule", "second moment"),
+        "tau": [float(t) for t in fit["tau"]],
+        "noise": [float(t) for t in fit["noise"]],
+        "tail_dof": None if math.isinf(dof) else float(dof),
+        "noise_share": float(fit.get("noise_share", 1.0)),
+        "share_scores": None if not fit.get("share_scores") else
+        {str(k): float(v) for k, v in fit["share_scores"].items()},
+        "tail_scores": None if not fit.get("tail_scores") else
+        {("inf" if math.isinf(k) else str(k)): float(v) for k, v in fit["tail_scores"].items()},
+    }
