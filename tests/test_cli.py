@@ -208,6 +208,10 @@ def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
             shares = fold["share_scores"]  # 1 always; the others where the second-moment rule applies
             assert "1.0" in shares and set(shares) <= {"1.0", "0.5", "0.25", "0.1", "0.05"}
             assert fold["noise_share"] == float(max(shares, key=shares.get))
+            powers = fold["spread_scores"]  # the per-task scale's p: 0 (one scale) is always scored
+            assert set(powers) == {"0.0", "0.25", "0.5", "0.75", "1.0", "1.25", "1.5"}
+            assert fold["spread_power"] == float(max(powers, key=powers.get))
+            assert ("spread_power" in idata.posterior) == (fold["spread_power"] > 0)
     assert dict(idata.log_likelihood["y"].sizes) == {"chain": chains, "draw": draws, "task": 8}
     held = hb.load_netcdf(run / "heldout.nc")
     assert held.observed_data["y"].shape[0] == 8  # the held-out tasks are in it too

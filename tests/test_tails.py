@@ -144,9 +144,12 @@ def test_ensemble_draws_are_the_nodes_of_each_members_scale_mixture():
     tasks = hb.Sinusoid(num_support=5, num_query=5).sample(jax.random.key(0), 12)
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=0.01), net.init(jax.random.key(1)),
                         task_posterior=hb.TaskPosterior())
-    args = dict(key=1, num_members=4, init=net.init, num_iterations=20, meta_batch_size=4, progress=False)
+    # one scale for every task here, so that the fits with and without tails differ only in the nodes
+    args = dict(key=1, num_members=4, init=net.init, num_iterations=20, meta_batch_size=4, progress=False,
+                spread_scale=False)
     post = hb.run_ensemble(spec, tasks, **args)
     fold = post.info["holdout_noise"]
+    assert fold["spread_power"] == 0.0 and "spread_power" not in post.samples
     u = np.asarray(fold["tail_nodes"])
     k = len(u)
     assert post.samples["theta"].shape == (4, k, spec.num_params) and post.settings["tails"] is True
@@ -173,7 +176,7 @@ def _blocks(members, tasks):
     return np.stack([np.concatenate([block[m], block[(m + 1) % members]]) for m in range(members)])
 
 
-def test_noise_share_keeps_the_members_own_fit_on_a_well_specified_model():
+def test_noise_share_and_spread_power_keep_the_members_own_fit_on_a_well_specified_model():
     # linear-Gaussian tasks and the linear model with φ_j ~ N(θ, τ²I) at the true θ: the task-level posterior is
     # the exact Bayesian predictive at τ = 1, σ = 0.5, so shrinking σ² can only lose on the folds
     family = hb.LinearGaussian(dim=3, scale=1.0, noise=0.5, num_support=5, num_query=20)
@@ -186,6 +189,8 @@ def test_noise_share_keeps_the_members_own_fit_on_a_well_specified_model():
     assert fit.share_scores[1.0] > fit.share_scores[0.25] + 0.01
     np.testing.assert_allclose(fit.noise, 0.5, rtol=0.15)
     np.testing.assert_allclose(fit.tau, 1.0, rtol=0.25)
+    # every task has the same scale here (the exact predictive does not depend on y_S): one scale wins
+    assert fit.spread_power == 0.0 and max(fit.spread_scores, key=fit.spread_scores.get) == 0.0
 
 
 def _random_members():

@@ -219,7 +219,9 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
     """
     post, method, per_chain = _diagnostic_vars(source, tasks, reference, key)
     divergences = sum(per_chain)
-    names = [n for n, v in post.items() if n != "theta" and (np.ndim(v) == 2 or n == "reference_prediction")]
+    # p and s̄² of an ensemble's per-task scale are fitted constants carried as draws, not random quantities
+    names = [n for n, v in post.items() if n not in ("theta", "spread_power", "spread_ref")
+             and (np.ndim(v) == 2 or n == "reference_prediction")]
     if not names:
         raise ValueError("nothing to diagnose: the posterior has no scalar sites and no reference predictions; "
                          "pass tasks= or reference= (reference tasks give invariant functionals)")

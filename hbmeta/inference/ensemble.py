@@ -45,6 +45,7 @@ from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_choice, check_int, check_type
 from hbmeta.inference.common import check_optimizer, json_settings, make_posterior
 from hbmeta.inference.holdout import holdout_noise, holdout_task_scale, member_noise
+from hbmeta.inference.spread_power import SPREAD_POWERS
 from hbmeta.maml.train import _DEFAULT_OPTIMIZER, init_maml, maml_update
 from hbmeta.model.hierarchical import check_tasks
 from hbmeta.model.posterior import Posterior
@@ -175,6 +176,7 @@ def run_ensemble(
     optimizer=None,
     holdout: str = "folds",
     tails: bool = True,
+    spread_scale: bool = True,
     chunk_size: int = 1000,
     member_devices="auto",
     checkpoint=None,
@@ -206,6 +208,11 @@ def run_ensemble(
             Gaussians (a discrete Student-t) whose ν is chosen on the folds
             (:mod:`hbmeta.inference.holdout`), one draw per node; False keeps
             one Gaussian per member.
+        spread_scale: with the task-level posterior and an inferred σ, scale
+            each task's (τ², σ²) by h_j = ((s_j²/s̄² + κ)/(1 + κ))^p, a power of
+            the spread s_j² of its support targets, p chosen on the folds (0:
+            every task the same; :mod:`hbmeta.inference.spread_power`); False
+            gives every task the same scale.
         chunk_size: iterations per compiled chunk (progress between chunks).
         member_devices: where the members train. ``"auto"`` (default): spread
             over this process's devices when there are several, each device
@@ -234,7 +241,10 @@ def run_ensemble(
         an inferred noise, ``samples["noise"]`` ``(M, 1)``; with the
         task-level posterior ``samples["tau"]`` ``(M, 1)``, or ``(M, K)``
         draws (θ_m repeated, τ and σ scaled by √u_k) when ``tails`` chose a
-        finite ν; ``info``:
+        finite ν, and ``samples["spread_power"]``, ``samples["spread_ref"]``
+        (p and s̄², the same in every draw) when the folds chose a per-task
+        factor h_j = ((s_j²/s̄² + κ)/(1 + κ))^p on (τ², σ²)
+        (:mod:`hbmeta.model.support_spread`); ``info``:
         ``losses`` ``(M, num_iterations)`` meta-losses, ``train_index`` and
         ``holdout_index`` (each member's task indices), ``member_keys``
         (``jax.random.key_data`` of each member's training key: member m is
@@ -264,6 +274,8 @@ def run_ensemble(
     check_choice("holdout", holdout, HOLDOUTS)
     if not isinstance(tails, bool):
         raise ValueError(f"tails={tails!r}; expected True or False")
+    if not isinstance(spread_scale, bool):
+        raise ValueError(f"spread_scale={spread_scale!r}; expected True or False")
     optimizer = check_optimizer(optimizer)
     check_tasks(spec, tasks)
     if spec.task_posterior is not None and (holdout != "folds" or spec.task_posterior.tau is not None):
@@ -311,12 +323,16 @@ def run_ensemble(
     fitted = None
     lik = spec.likelihood
     if spec.task_posterior is not None:
-        fitted = holdout_task_scale(spec, flat, tasks, holdout_index, tails=tails)
+        fitted = holdout_task_scale(spec, flat, tasks, holdout_index, tails=tails,
+                                    spread_powers=SPREAD_POWERS if spread_scale else (0.0,))
         root = jnp.sqrt(jnp.asarray(fitted.tail_nodes, flat.dtype))  # (K,): one draw per node of the scale mixture
         draws["theta"] = jnp.repeat(flat[:, None, :], root.shape[0], axis=1)
         draws["tau"] = jnp.asarray(fitted.tau, flat.dtype)[:, None] * root
         if lik.regression and lik.noise is None:
             draws["noise"] = jnp.asarray(fitted.noise, flat.dtype)[:, None] * root
+        if fitted.spread_power > 0:  # the per-task factor h_j on (τ², σ²), applied by the predictive
+            draws["spread_power"] = jnp.full(draws["tau"].shape, fitted.spread_power, flat.dtype)
+            draws["spread_ref"] = jnp.full(draws["tau"].shape, fitted.spread_ref, flat.dtype)
     elif lik.regression and lik.noise is None:
         if holdout == "folds":
             fitted = holdout_noise(spec, flat, tasks, holdout_index)
@@ -328,7 +344,7 @@ def run_ensemble(
     wall = time.perf_counter() - start
     settings = json_settings(num_members=num_members, num_iterations=num_iterations,
                              meta_batch_size=meta_batch_size, optimizer="adam(1e-3)" if optimizer is
-                             _DEFAULT_OPTIMIZER else optimizer, holdout=holdout, tails=tails,
+                             _DEFAULT_OPTIMIZER else optimizer, holdout=holdout, tails=tails, spread_scale=spread_scale,
                              init=type(init).__name__, member_devices=num_devices)
     info = {
         "losses": np.asarray(losses).T,

@@ -76,6 +76,15 @@ moment's unfairly, but two fallback fits are both such maxima over the same
 grid and compare fairly with each other. On a well-specified model
 (linear-Gaussian tasks) the members' own fit, s = 1, wins.
 
+**A scale for each task** (regression with an inferred σ, after the share).
+The linearised predictive's variance does not depend on the support targets,
+so one (τ_m, σ_m) serves every task. Task j's (τ², σ²) are then multiplied
+by h_j, a power p of the spread of its support targets
+(:mod:`hbmeta.model.support_spread`), with p chosen by the same folds'
+score and the mean out-of-sample variance kept
+(:func:`~hbmeta.inference.spread_power.fit_spread_power`); p = 0 is one
+scale for every task.
+
 What bias remains: the members that make these predictions trained on
 ``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
 (σ is then slightly too large: a conservative error); and ν is fitted on
@@ -91,15 +100,21 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp
-from scipy import stats
 
+from hbmeta.inference.fold_scores import (  # noqa: F401  (TAIL_NODES, fit_tails: part of this module's interface)
+    TAIL_DOFS,
+    TAIL_NODES,
+    _fold_loglik,
+    fit_tails,
+    mixture_fold_score,
+    scale_nodes,
+)
+from hbmeta.inference.spread_power import SPREAD_POWERS, fit_spread_power
 from hbmeta.model.spec import ModelSpec
+from hbmeta.model.support_spread import support_spread
 from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictive
 
 _FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
-TAIL_NODES = 8  # K, the Gaussians of each member's scale mixture
-TAIL_DOFS = (2.5, 3.0, 4.0, 6.0, 10.0, 30.0)  # the ν tried, besides ∞ (the Gaussian)
 NOISE_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)  # s, the factors on the members' σ_m² tried with τ_m kept
 
 
@@ -137,6 +152,9 @@ class TaskScale(NamedTuple):
     - ``noise_share``: s, the factor on every member's type-II σ_m² (τ_m kept) chosen on the folds before c
       (1: the members' own fits); ``noise`` already includes it.
     - ``share_scores``: ``{s: the folds' mixture log-likelihood per point}`` for every s compared.
+    - ``spread_power``, ``spread_ref``: p and s̄² of the per-task factor h_j on (τ², σ²)
+      (:mod:`hbmeta.model.support_spread`; p = 0: none), chosen on the folds after s; ``scale``, ``tau`` and
+      ``noise`` include its normalisation k_p. ``spread_scores``: ``{p: the folds' score}`` for every p tried.
     """
 
     tau: np.ndarray
@@ -151,60 +169,9 @@ class TaskScale(NamedTuple):
     scale_rule: str = "second moment"
     noise_share: float = 1.0
     share_scores: dict | None = None
-
-
-def scale_nodes(dof: float, num_nodes: int = TAIL_NODES) -> np.ndarray:
-    """Relative variances ``u_k`` of a discrete, variance-preserving Student-t with ``dof`` degrees of freedom.
-
-    ``u_k = F⁻¹((k − ½)/K)`` of InvGamma(ν/2, (ν − 2)/2), divided by their mean
-    so that ``mean_k u_k = 1`` exactly: ``(1/K) Σ_k N(0, u_k s²)`` has variance
-    ``s²`` and, as K grows, tends to the Student-t with ν degrees of freedom
-    and variance s². ``dof = inf`` gives one node, ``[1.0]`` (the Gaussian).
-
-    Example:
-        >>> u = scale_nodes(4.0)
-        >>> len(u), round(float(u.mean()), 6), bool(u[0] < 1 < u[-1])
-        (8, 1.0, True)
-    """
-    if math.isinf(dof):
-        return np.ones(1)
-    if not dof > 2:
-        raise ValueError(f"dof={dof!r}; expected more than 2 (a Student-t with a finite variance) or inf")
-    q = (np.arange(num_nodes) + 0.5) / num_nodes
-    u = stats.invgamma.ppf(q, a=dof / 2, scale=(dof - 2) / 2)
-    return u / u.mean()
-
-
-@jax.jit
-def _fold_loglik(mu, var, y, out, w, u):
-    """Mean over weighted points of log (1/|O_j|) Σ_{m ∈ O_j} (1/K) Σ_k N(y; μ_m, u_k v_m), tasks with O_j ≠ ∅."""
-    sd = jnp.sqrt(var[:, None] * u[None, :, None, None, None])  # (M, K, T, Q, o)
-    lp = jax.scipy.stats.norm.logpdf(y[None, None], mu[:, None], sd)
-    lp = jnp.sum(logsumexp(lp, axis=1) - jnp.log(u.shape[0]), axis=-1)  # (M, T, Q): the outputs of a point
-    c = out[:, :, None]
-    n = jnp.sum(out, axis=0)  # (T,)
-    mix = logsumexp(jnp.where(c > 0, lp, -jnp.inf), axis=0) - jnp.log(jnp.maximum(n, 1.0))[:, None]
-    ww = w * (n > 0)[:, None]
-    return jnp.sum(jnp.where(ww > 0, mix, 0.0) * ww) / jnp.sum(ww)
-
-
-def fit_tails(mu, var, y, out, w, *, dofs=TAIL_DOFS, num_nodes: int = TAIL_NODES):
-    """ν of the members' scale mixtures, by out-of-sample log-likelihood on the training tasks (module docstring).
-
-    ``mu``, ``var`` ``(M, T, Q, o)``: each member's predictive mean and variance
-    on every training task; ``out`` ``(M, T)``: 1 where member m did not train on
-    task j; ``w`` ``(T, Q)``: point weights. Returns ``(ν, u, scores)``: the
-    best of ``dofs`` and ``inf``, its :func:`scale_nodes` and
-    ``{ν: mean log-likelihood per point}``.
-    """
-    mu, var, y = jnp.asarray(mu), jnp.asarray(var), jnp.asarray(y)
-    out, w = jnp.asarray(out, mu.dtype), jnp.asarray(w, mu.dtype)
-    scores = {}
-    for dof in (*dofs, math.inf):
-        u = jnp.asarray(scale_nodes(dof, num_nodes), mu.dtype)
-        scores[float(dof)] = float(_fold_loglik(mu, var, y, out, w, u))
-    best = max(scores, key=lambda d: (scores[d], d))  # ties: the lighter tail
-    return best, scale_nodes(best, num_nodes), scores
+    spread_power: float = 0.0
+    spread_ref: float = 1.0
+    spread_scores: dict | None = None
 
 
 def out_of_sample_mask(holdout_index, num_members: int, num_tasks: int) -> np.ndarray:
@@ -354,27 +321,8 @@ def choose_scale(mu, var, y, out, w, *, tails: bool = True):
     return scale, "folds' likelihood", dof, scale_nodes(dof), scores if tails else None, r2, v, mean_var
 
 
-def mixture_fold_score(mu, var, y, out, w, nodes, spread) -> float:
-    """Out-of-sample log-likelihood per point of the members' mixture on the folds, with M members' spread.
-
-    ``var`` is each member's variance after scaling and ``nodes`` its scale
-    mixture; ``v(1/n_j − 1/M)`` (``spread`` = v) is added to every member's
-    variance on task j before the nodes scale it, the spread that the ``n_j``
-    members that left it out lack against all M (as in the fallback of
-    :func:`choose_scale`): ``mean_j,q log (1/n_j) Σ_{m ∈ O_j} (1/K) Σ_k
-    N(y; μ_m, u_k (v_m + v(1/n_j − 1/M)))``.
-    """
-    mu = jnp.asarray(mu)
-    num_members = mu.shape[0]
-    out = jnp.asarray(out, mu.dtype)
-    n = jnp.sum(out, axis=0)
-    missing = (spread * (1 / jnp.maximum(n, 1.0) - 1 / num_members)).astype(mu.dtype)[None, :, None, None]
-    return float(_fold_loglik(mu, jnp.asarray(var, mu.dtype) + missing, jnp.asarray(y, mu.dtype), out,
-                              jnp.asarray(w, mu.dtype), jnp.asarray(nodes, mu.dtype)))
-
-
 def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num_steps: int = 100,
-                       tails: bool = True, noise_shares=NOISE_SHARES) -> TaskScale:
+                       tails: bool = True, noise_shares=NOISE_SHARES, spread_powers=SPREAD_POWERS) -> TaskScale:
     """τ_m, σ_m of every member with the task-level posterior, fitted on its held-out tasks and scaled (module docstring).
 
     Requires ``spec.task_posterior`` with an inferred τ (``tau=None``). For a
@@ -387,6 +335,9 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     tried before scaling; the one whose mixture scores best on the folds
     (:func:`mixture_fold_score`) is kept (module docstring, "The noise
     share"). ``(1.0,)`` keeps each member's own type-II fit.
+
+    ``spread_powers``: the powers p of the per-task factor h_j tried after the share
+    (:func:`~hbmeta.inference.spread_power.fit_spread_power`); ``(0.0,)`` gives every task the same scale.
     """
     tp = spec.task_posterior
     if tp is None or tp.tau is not None:
@@ -399,6 +350,9 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     shares = tuple(float(x) for x in np.atleast_1d(np.asarray(noise_shares, dtype=np.float64)))
     if not shares or 1.0 not in shares or not all(0 < x <= 1 for x in shares):
         raise ValueError(f"noise_shares={noise_shares!r}; expected factors in (0, 1] that include 1.0")
+    powers = tuple(float(x) for x in np.atleast_1d(np.asarray(spread_powers, dtype=np.float64)))
+    if 0.0 not in powers or not all(x >= 0 for x in powers):
+        raise ValueError(f"spread_powers={spread_powers!r}; expected powers p ≥ 0 that include 0")
     taus, sigmas = [], []
     for m in range(num_members):
         held = tasks.take(jnp.asarray(np.asarray(holdout_index)[m]))
@@ -429,8 +383,13 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
             continue  # shares are compared under the rule that s = 1 took only (module docstring)
         share_scores[share] = mixture_fold_score(mu, var * fit[0], tasks.y_query, out, w, fit[3], fit[6])
         if best is None or share_scores[share] > best[0] + 1e-9:
-            best = (share_scores[share], fit, share)
-    _, (scale, rule, dof, nodes, scores, r2, v, mean_var), share = best
+            best = (share_scores[share], fit, share, mu, var, w)
+    _, (scale, rule, dof, nodes, scores, r2, v, mean_var), share, mu, var, w = best
+    per_task = fit_spread_power(mu, var * scale, tasks.y_query, out, w,
+                                support_spread(tasks.y_support, tasks.support_mask), v, powers=powers,
+                                tails=tails, base_tails=(dof, nodes, scores))
+    scale *= per_task.norm
     root = float(np.sqrt(scale))
-    return TaskScale(taus * root, sigmas * math.sqrt(share) * root, scale, r2, v, mean_var, dof, nodes, scores,
-                     rule, share, share_scores)
+    return TaskScale(taus * root, sigmas * math.sqrt(share) * root, scale, r2, v, mean_var, per_task.tail_dof,
+                     per_task.tail_nodes, per_task.tail_scores, rule, share, share_scores, per_task.power,
+                     per_task.ref, per_task.scores)

@@ -159,6 +159,9 @@ class EnsembleSection:
     tails: bool = opt(_ENSEMBLE["tails"], "bool",
                       "with the task-level posterior: each member's predictive a variance-preserving Student-t "
                       "(8 Gaussians), its ν chosen on the folds; false: one Gaussian")
+    spread_scale: bool = opt(_ENSEMBLE["spread_scale"], "bool",
+                             "with the task-level posterior: each task's (τ², σ²) times a power of its support "
+                             "targets' spread, the power chosen on the folds (0: none); false: one scale for all tasks")
     member_devices: int = opt(0, "int", "devices the members train on: 0 = auto (the most local devices that divide "
                               "the members), 1 = one device, n = n devices", lo=0)
 

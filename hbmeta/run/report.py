@@ -184,6 +184,9 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
                 f"τ_m {_fmt(min(fold['tau']))}..{_fmt(max(fold['tau']))}")
         if fold.get("share_scores") and len(fold["share_scores"]) > 1:
             line += f"; noise share s = {_fmt(fold['noise_share'])} (σ_m² × s against τ_m, chosen on the folds)"
+        if fold.get("spread_power"):
+            line += (f"; per-task scale: (τ², σ²) × ((s²/s̄² + 0.1)/1.1)^p with s² the support targets' spread, "
+                     f"p = {_fmt(fold['spread_power'])} (chosen on the folds)")
         if fold.get("tail_dof") is not None:
             line += f"; tails: Student-t ν = {_fmt(fold['tail_dof'])} (chosen on the folds)"
         elif fold.get("tail_scores"):
@@ -229,4 +232,8 @@ def task_scale_json(fit: dict) -> dict:
         {str(k): float(v) for k, v in fit["share_scores"].items()},
         "tail_scores": None if not fit.get("tail_scores") else
         {("inf" if math.isinf(k) else str(k)): float(v) for k, v in fit["tail_scores"].items()},
+        "spread_power": float(fit.get("spread_power", 0.0)),
+        "spread_ref": float(fit.get("spread_ref", 1.0)),
+        "spread_scores": None if not fit.get("spread_scores") else
+        {str(k): float(v) for k, v in fit["spread_scores"].items()},
     }
