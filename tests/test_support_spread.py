@@ -9,6 +9,7 @@ refused before any work.
 """
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import hbmeta as hb
+from hbmeta.diagnostics.diagnose import diagnostic_draws
 from hbmeta.inference.fold_scores import mixture_fold_score
 from hbmeta.inference.holdout import holdout_task_scale
 from hbmeta.inference.spread_power import SPREAD_POWERS, fit_spread_power
@@ -98,6 +100,11 @@ def test_the_predictive_scales_each_tasks_variance_by_its_factor_and_keeps_the_m
     np.testing.assert_allclose(got.noise, base.noise * np.sqrt(h)[None, None, :, None, None], rtol=1e-3)
     np.testing.assert_allclose(got.y - got.mean, (base.y - base.mean) * np.sqrt(h)[None, None, :, None, None],
                                rtol=1e-3, atol=1e-3 * scale)
+    # p and s̄² are fitted constants: diagnose neither checks nor plots them (ArviZ would divide 0 by 0)
+    assert not {"spread_power", "spread_ref"} & set(diagnostic_draws(scaled, tasks=tasks))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hb.diagnose(scaled, tasks=tasks)
     with pytest.raises(ValueError, match="spread_scale='yes'; expected True or False"):
         hb.run_ensemble(spec, tasks, key=1, num_members=4, init=net.init, num_iterations=2, spread_scale="yes")
 

@@ -113,7 +113,17 @@ def diagnostic_draws(source, *, tasks=None, reference=None, key=None) -> dict:
     return _flatten_functionals(post)
 
 
+# p and s̄² of an ensemble's per-task scale: fitted constants carried as draws (for the predictive), not
+# random quantities, so neither checked nor plotted
+FITTED_CONSTANTS = ("spread_power", "spread_ref")
+
+
 def _diagnostic_vars(source, tasks, reference, key):
+    post, method, per_chain = _all_vars(source, tasks, reference, key)
+    return {n: v for n, v in post.items() if n not in FITTED_CONSTANTS}, method, per_chain
+
+
+def _all_vars(source, tasks, reference, key):
     if isinstance(source, Posterior):
         if reference is None and tasks is not None:
             reference = _trim(tasks, 4, 5)
@@ -219,9 +229,7 @@ def diagnose(source, *, tasks=None, reference=None, key=None, rhat_max: float = 
     """
     post, method, per_chain = _diagnostic_vars(source, tasks, reference, key)
     divergences = sum(per_chain)
-    # p and s̄² of an ensemble's per-task scale are fitted constants carried as draws, not random quantities
-    names = [n for n, v in post.items() if n not in ("theta", "spread_power", "spread_ref")
-             and (np.ndim(v) == 2 or n == "reference_prediction")]
+    names = [n for n, v in post.items() if n != "theta" and (np.ndim(v) == 2 or n == "reference_prediction")]
     if not names:
         raise ValueError("nothing to diagnose: the posterior has no scalar sites and no reference predictions; "
                          "pass tasks= or reference= (reference tasks give invariant functionals)")
