@@ -24,7 +24,9 @@ Methods (every Bayesian one started at MAML's θ, or at the ensemble's members):
   folds and both scaled for the mixture, each member's
   predictive a variance-preserving scale mixture of 8 Gaussians whose ν is
   chosen on the same held-out tasks (:mod:`hbmeta.inference.holdout`;
-  ``--gaussian-tails``: one Gaussian per member, as before).
+  ``--gaussian-tails``: one Gaussian per member, as before), with each task's
+  (τ², σ²) times a power of its support targets' spread, the power chosen on
+  the folds (:mod:`hbmeta.inference.spread_power`; ``--one-scale``: none).
 - ``svi``: mean-field SVI (2,000 steps); ``svi+task``: the task-level model
   (τ, σ latent sites) by mean-field SVI (300 steps: one gradient of that model
   costs about 80 times the plain one).
@@ -241,14 +243,19 @@ def run_config(name, num_tasks, args, cfg):
             if method == "ensemble":
                 return ens, secs, False, None
             scale = holdout_task_scale(spec_task, ens.samples["theta"][:, 0], train, ens.info["holdout_index"],
-                                       tails=not args.gaussian_tails)
+                                       tails=not args.gaussian_tails,
+                                       **({"spread_powers": (0.0,)} if args.one_scale else {}))
             root = np.sqrt(np.asarray(scale.tail_nodes, np.float32))  # one draw per node of the scale mixture
             samples = {"theta": np.repeat(np.asarray(ens.samples["theta"]), len(root), axis=1),
                        "tau": (scale.tau[:, None] * root).astype(np.float32)}
             if regression:
                 samples["noise"] = (scale.noise[:, None] * root).astype(np.float32)
+            if scale.spread_power > 0:  # the per-task scale h_j, applied by sample_predictive
+                samples["spread_power"] = np.full(samples["tau"].shape, scale.spread_power, np.float32)
+                samples["spread_ref"] = np.full(samples["tau"].shape, scale.spread_ref, np.float32)
             print(f"{name}:{num_tasks} ensemble+task: scale c = {scale.scale:.3f}, noise share s = "
-                  f"{scale.noise_share:g}, tails ν = {scale.tail_dof}", flush=True)
+                  f"{scale.noise_share:g}, per-task power p = {scale.spread_power:g}, tails ν = {scale.tail_dof}",
+                  flush=True)
             post = hb.Posterior(samples, spec_task, "ensemble", ens.settings, info={"scale": scale._asdict()})
             return post, secs + time.perf_counter() - t, False, None
         start = hb.maml_posterior(spec, maml.params, train)
@@ -345,6 +352,8 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--gaussian-tails", action="store_true",
                         help="ensemble+task with one Gaussian per member (the predictive before the fitted tails)")
+    parser.add_argument("--one-scale", action="store_true",
+                        help="ensemble+task: one scale for every task (no per-task factor h_j), as before 2026-12-06")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the held-out seed is fixed)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON lines here")
     parser.add_argument("--progress", action="store_true", help="show progress of long stages")
