@@ -83,6 +83,22 @@ def train_members(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_me
     return spec, spec_task, train, held, np.asarray(ens.samples["theta"][:, 0]), np.asarray(ens.info["holdout_index"])
 
 
+def trained_draws(argv, description):
+    """``(draw, spec_task, train, held, θ, holdout index)`` for ``--first``, ``--draws`` and ``--setup`` in ``argv``.
+
+    The command line of the development-draw scripts; each draw's time goes to standard error.
+    """
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--draws", type=int, default=14, help="development draws 0 … N − 1")
+    ap.add_argument("--first", type=int, default=0, help="the first development draw")
+    ap.add_argument("--setup", choices=("sinusoid", "sinusoid_line", "bmaml"), default="sinusoid")
+    args = ap.parse_args(argv)
+    for draw in range(args.first, args.first + args.draws):
+        t0 = time.perf_counter()
+        yield (draw, *train_members(draw, setup=args.setup)[1:])
+        print(f"(draw {draw}: {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
 def member_predictives(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted",
                        setup: str = "sinusoid"):
     """Train the default ensemble on draw ``draw`` and return every member's predictive on train and held-out tasks."""

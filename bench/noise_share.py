@@ -24,10 +24,8 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +35,7 @@ import hbmeta as hb
 from hbmeta.inference.holdout import holdout_task_scale
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibration_gap import calibration_error, coverage, mixture_cdf, train_members
+from calibration_gap import calibration_error, coverage, mixture_cdf, trained_draws
 
 
 def score(spec_task, theta, held, fit):
@@ -58,17 +56,10 @@ def score(spec_task, theta, held, fit):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--draws", type=int, default=14, help="development draws 0 … N − 1")
-    ap.add_argument("--first", type=int, default=0, help="the first development draw")
-    ap.add_argument("--setup", choices=("sinusoid", "sinusoid_line", "bmaml"), default="sinusoid")
-    args = ap.parse_args(argv)
     print("| draw | rule | σ² share | c | ν | calib. error | cov 90 | cov 90 near | cov 90 far | NLL | MSE |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
     totals = {"own": [], "chosen": []}
-    for draw in range(args.first, args.first + args.draws):
-        t0 = time.perf_counter()
-        _, spec_task, train, held, theta, index = train_members(draw, setup=args.setup)
+    for draw, spec_task, train, held, theta, index in trained_draws(argv, __doc__.splitlines()[0]):
         for name, shares in (("own", (1.0,)), ("chosen", None)):
             fit = holdout_task_scale(spec_task, theta, train, index,
                                      **({} if shares is None else {"noise_shares": shares}))
@@ -77,7 +68,6 @@ def main(argv=None):
             print(f"| {draw} | {fit.scale_rule} | {fit.noise_share:g}{' (own fit)' if shares else ''} | {fit.scale:.3f} | "
                   f"{fit.tail_dof:g} | {s[0]:.4f} | {s[1]:.3f} | {s[2]:.3f} | {s[3]:.3f} | {s[4]:.4f} | {s[5]:.4f} |",
                   flush=True)
-        print(f"(draw {draw}: {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     print("\n| σ² share | mean calib. error | draws with calib. error ≤ 0.02 | cov 90 in [0.88, 0.92] | mean NLL "
           "| largest NLL | mean MSE |\n|---|---|---|---|---|---|---|")
     for name, rows in totals.items():

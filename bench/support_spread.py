@@ -23,10 +23,8 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +35,7 @@ from hbmeta.inference.holdout import holdout_task_scale
 from hbmeta.model.support_spread import spread_factor, support_spread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibration_gap import calibration_error, coverage, mixture_cdf, train_members
+from calibration_gap import calibration_error, coverage, mixture_cdf, trained_draws
 
 
 def score(spec_task, theta, held, fit):
@@ -58,17 +56,10 @@ def score(spec_task, theta, held, fit):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--draws", type=int, default=14, help="development draws 0 … N − 1")
-    ap.add_argument("--first", type=int, default=0, help="the first development draw")
-    ap.add_argument("--setup", choices=("sinusoid", "sinusoid_line", "bmaml"), default="sinusoid")
-    args = ap.parse_args(argv)
     print("| draw | p | ν | calib. error | cov 90 | cov 90 low / mid / high third | NLL | MSE |\n"
           "|---|---|---|---|---|---|---|---|")
     totals = {"one": [], "chosen": []}
-    for draw in range(args.first, args.first + args.draws):
-        t0 = time.perf_counter()
-        _, spec_task, train, held, theta, index = train_members(draw, setup=args.setup)
+    for draw, spec_task, train, held, theta, index in trained_draws(argv, __doc__.splitlines()[0]):
         for name, powers in (("one", (0.0,)), ("chosen", None)):
             fit = holdout_task_scale(spec_task, theta, train, index,
                                      **({} if powers is None else {"spread_powers": powers}))
@@ -77,7 +68,6 @@ def main(argv=None):
             print(f"| {draw} | {fit.spread_power:g}{' (one scale)' if powers else ''} | {fit.tail_dof:g} | "
                   f"{s[0]:.4f} | {s[1]:.3f} | {s[2]:.3f} / {s[3]:.3f} / {s[4]:.3f} | {s[5]:.4f} | {s[6]:.4f} |",
                   flush=True)
-        print(f"(draw {draw}: {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     print("\n| per-task scale | mean calib. error | draws ≤ 0.02 | cov 90 in [0.88, 0.92] | every third ≥ 0.85 "
           "| mean NLL | largest NLL | mean MSE |\n|---|---|---|---|---|---|---|---|")
     for name, rows in totals.items():
