@@ -352,6 +352,8 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--gaussian-tails", action="store_true",
                         help="ensemble+task with one Gaussian per member (the predictive before the fitted tails)")
+    parser.add_argument("--members", type=int, default=None,
+                        help="ensemble members (default 8; models/sinusoid.toml uses 12 since 2026-12-06)")
     parser.add_argument("--one-scale", action="store_true",
                         help="ensemble+task: one scale for every task (no per-task factor h_j), as before 2026-12-06")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the held-out seed is fixed)")
@@ -359,6 +361,8 @@ def main(argv=None):
     parser.add_argument("--progress", action="store_true", help="show progress of long stages")
     args = parser.parse_args(argv)
     cfg = sizes(args.quick)
+    if args.members is not None:
+        cfg["members"] = args.members
     runs = args.runs or (["sinusoid:20"] if args.quick else list(RUNS))
     if args.quick and args.methods == list(METHODS):
         args.methods = ["maml", "ensemble", "ensemble+task", "svi", "laplace", "ens_laplace", "mclmc"]

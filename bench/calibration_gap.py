@@ -64,7 +64,7 @@ LEVELS = np.arange(1, 20) / 20  # PACOH's 19 levels 0.05 … 0.95
 
 
 def train_members(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_mean: str = "adapted",
-                  setup: str = "sinusoid"):
+                  setup: str = "sinusoid", members: int = 8):
     """The default ensemble on development draw ``draw``: ``(spec, spec_task, train, held, θ (M, P), holdout index)``."""
     st = setups()[setup]
     key = jax.random.key(DEV_SEED + draw)
@@ -75,7 +75,6 @@ def train_members(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_me
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, step_size=st.alpha), net.init(k_init),
                         likelihood=hb.NormalLikelihood())
     spec_task = replace(spec, task_posterior=hb.TaskPosterior(prior_mean=prior_mean))
-    members = 8
     ens = hb.run_ensemble(spec, train, key=k_fit, num_members=members, init=net.init,
                           num_iterations=st.maml_iterations,
                           meta_batch_size=min(25, num_tasks - 2 * -(-num_tasks // members)),
@@ -86,16 +85,18 @@ def train_members(draw: int, num_tasks: int = 100, num_eval: int = 600, prior_me
 def trained_draws(argv, description):
     """``(draw, spec_task, train, held, θ, holdout index)`` for ``--first``, ``--draws`` and ``--setup`` in ``argv``.
 
-    The command line of the development-draw scripts; each draw's time goes to standard error.
+    The command line of the development-draw scripts (``--members``: the ensemble's size, 8 unless given); each
+    draw's time goes to standard error.
     """
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--draws", type=int, default=14, help="development draws 0 … N − 1")
     ap.add_argument("--first", type=int, default=0, help="the first development draw")
     ap.add_argument("--setup", choices=("sinusoid", "sinusoid_line", "bmaml"), default="sinusoid")
+    ap.add_argument("--members", type=int, default=8, help="ensemble members")
     args = ap.parse_args(argv)
     for draw in range(args.first, args.first + args.draws):
         t0 = time.perf_counter()
-        yield (draw, *train_members(draw, setup=args.setup)[1:])
+        yield (draw, *train_members(draw, setup=args.setup, members=args.members)[1:])
         print(f"(draw {draw}: {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
 

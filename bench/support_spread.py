@@ -19,6 +19,7 @@ Usage:
     python bench/support_spread.py             # 14 draws, about 45 s a draw on 2 cores
     python bench/support_spread.py --draws 2
     python bench/support_spread.py --setup sinusoid_line --first 4 --draws 10
+    python bench/support_spread.py --members 12    # the ensemble size of models/sinusoid.toml since 2026-12-06
 """
 
 from __future__ import annotations
