@@ -87,7 +87,7 @@ def fit_spread_power(mu, var, y, out, w, s2, spread, *, powers=SPREAD_POWERS, ta
     for p in sorted(float(x) for x in powers):
         if p > 0 and not ref > 0:
             continue  # every support set flat: nothing to scale by
-        h = jnp.asarray(np.asarray(spread_factor(s2, p, ref if ref > 0 else 1.0)), var.dtype)[None, :, None, None]
+        h = jnp.asarray(spread_factor(s2, p, ref if ref > 0 else 1.0), var.dtype)[None, :, None, None]
         norm = total / float(jnp.sum(c * var * h))
         scaled = var * (h * norm)
         if p == 0 and base_tails is not None:
