@@ -1,21 +1,24 @@
-"""Is the blobs ensemble's predictive over- or under-confident, and could the folds set its scale? Development only.
+"""The scale c of the blobs ensemble's logit variance, chosen on the folds (issue 9). Development draws only.
 
 For classification ``holdout_task_scale`` fits each member's τ_m by type-II
-maximum likelihood on the tasks it left out and keeps c = 1: the regression
-rules for c (the second moment, the fallback) have no classification form.
-This script trains the default blobs ensemble (3-way 2-shot, 2–40–40–3 ReLU,
+maximum likelihood on the tasks it left out. Mixed over M members, those
+τ_m give an under-confident predictive, so every τ_m² is multiplied by the c
+of ``CLASS_SCALES`` with the lowest Brier score of the M-member mixture,
+estimated on the folds (:func:`hbmeta.inference.holdout.mixture_brier`). This
+script trains the default blobs ensemble (3-way 2-shot, 2–40–40–3 ReLU,
 |T| = 100, 8 members, held-out folds) on development draws (``DEV_SEED`` of
 ``calibration_gap.py`` plus 100 plus the draw: never a reported result), and
-for each c in ``SCALES`` (every τ_m² multiplied by c) scores
+for each c in ``SCALES`` (every member's own τ_m² multiplied by c) scores
 
 - on the training folds: the log-likelihood per query point of the mixture of
   the members that left each task out, plain and with the logit spread that
   its two or three members lack against M added to every member's logit
-  variance (``+v``, the regression fallback's correction, in logit space), and
-  the plain folds' ECE;
+  variance (``+v``, the regression fallback's correction, in logit space),
+  the plain folds' ECE, and the estimated M-member Brier score (the library's
+  rule; the c it chooses is marked);
 - on 600 held-out tasks (30 query points each, 18,000 points): the mixture's
-  NLL, ECE (15 bins) and its mean confidence minus its accuracy (negative:
-  under-confident).
+  NLL, ECE (15 bins), its mean confidence minus its accuracy (negative:
+  under-confident) and its Brier score.
 
 Usage:
     python bench/blobs_confidence.py              # 2 draws, about 100 s a draw on 2 cores
@@ -34,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import hbmeta as hb
-from hbmeta.inference.holdout import holdout_task_scale, out_of_sample_mask
+from hbmeta.inference.holdout import holdout_task_scale, mixture_brier, out_of_sample_mask
 from hbmeta.model.task_linearised import mean_field_probs
 from hbmeta.predict.metrics import expected_calibration_error
 
@@ -42,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from calibration import maml_optimizer, setups
 from calibration_gap import DEV_SEED
 
-SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+SCALES = (0.0, 0.25, 0.5, 0.7, 1.0, 2.0, 4.0)
 
 
 def label_loglik(probs, y):
@@ -74,19 +77,22 @@ def draw_rows(draw: int, members: int = 8):
                           num_iterations=st.maml_iterations, meta_batch_size=min(25, 100 - 2 * -(-100 // members)),
                           optimizer=maml_optimizer(), progress=False)
     theta = np.asarray(ens.samples["theta"][:, 0])
-    fit = holdout_task_scale(spec_task, theta, train, np.asarray(ens.info["holdout_index"]))
+    index = np.asarray(ens.info["holdout_index"])
+    own = holdout_task_scale(spec_task, theta, train, index, class_scales=(1.0,))  # each member's own τ_m
+    chosen = holdout_task_scale(spec_task, theta, train, index).scale  # what run_ensemble now uses
     out = out_of_sample_mask(ens.info["holdout_index"], members, 100)
     n_out = out.sum(0)
     w = out[:, :, None, None] / n_out[None, :, None, None]
     y_train, y_held = np.asarray(train.y_query), np.asarray(held.y_query)
     rows = []
     for c in SCALES:
-        tau = np.maximum(np.sqrt(c) * np.asarray(fit.tau), 1e-6)
+        tau = np.maximum(np.sqrt(c) * np.asarray(own.tau), 1e-6)
         on_train = [hb.task_predictive(spec_task, jnp.asarray(theta[m]), train, tau=float(tau[m]))
                     for m in range(members)]
         mu = np.stack([np.asarray(p.mean) for p in on_train])
         var = np.stack([np.asarray(p.var) for p in on_train])
-        plain = (np.stack([np.asarray(p.probs) for p in on_train]) * w).sum(0)
+        members_p = np.stack([np.asarray(p.probs) for p in on_train])
+        plain = (members_p * w).sum(0)
         v = member_logit_gap(mu, out)
         add = (v * (1 / n_out - 1 / members))[None, :, None, None]
         spread = np.asarray(mean_field_probs(jnp.asarray(mu), jnp.asarray(var + add)[..., None] * jnp.eye(mu.shape[-1])))
@@ -94,24 +100,26 @@ def draw_rows(draw: int, members: int = 8):
         held_p = np.mean([np.asarray(hb.task_predictive(spec_task, jnp.asarray(theta[m]), held, tau=float(tau[m])).probs)
                           for m in range(members)], axis=0)
         conf_gap = float(held_p.max(-1).mean() - (held_p.argmax(-1) == y_held).mean())
+        held_brier = float(np.mean(np.sum((np.eye(held_p.shape[-1])[y_held] - held_p) ** 2, -1)))
         rows.append((c, label_loglik(plain, y_train), label_loglik(spread, y_train), ece(plain, y_train),
-                     -label_loglik(held_p, y_held), ece(held_p, y_held), conf_gap))
-    return rows
+                     -label_loglik(held_p, y_held), ece(held_p, y_held), conf_gap,
+                     -mixture_brier(members_p, y_train, out, np.ones(y_train.shape)), held_brier))
+    return rows, chosen
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=2, help="development draws 0 … N − 1")
     args = ap.parse_args(argv)
-    print("| draw | c | folds' log-lik. | folds' log-lik. +v | folds' ECE | held-out NLL | held-out ECE | "
-          "confidence − accuracy |\n|---|---|---|---|---|---|---|---|")
+    print("| draw | c | folds' log-lik. | folds' log-lik. +v | folds' ECE | folds' Brier of M members | held-out NLL | "
+          "held-out ECE | confidence − accuracy | held-out Brier |\n|---|---|---|---|---|---|---|---|---|---|")
     for draw in range(args.draws):
-        rows = draw_rows(draw)
+        rows, chosen = draw_rows(draw)
         plain, spread = (max(rows, key=lambda r, k=k: r[k])[0] for k in (1, 2))
         for r in rows:
-            mark = " (folds)" * (r[0] == plain) + " (folds +v)" * (r[0] == spread)
-            print(f"| {draw} | {r[0]:g}{mark} | {r[1]:.4f} | {r[2]:.4f} | {r[3]:.4f} | {r[4]:.4f} | {r[5]:.4f} | "
-                  f"{r[6]:+.4f} |", flush=True)
+            mark = " (folds)" * (r[0] == plain) + " (folds +v)" * (r[0] == spread) + " (Brier: chosen)" * (r[0] == chosen)
+            print(f"| {draw} | {r[0]:g}{mark} | {r[1]:.4f} | {r[2]:.4f} | {r[3]:.4f} | {-r[7]:.4f} | {r[4]:.4f} | "
+                  f"{r[5]:.4f} | {r[6]:+.4f} | {r[8]:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -201,9 +201,15 @@ def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
     chains, draws = 2, 10  # toy sizes: 2 chains × 10 draws, or 4 members × the nodes of their tails
     if method == "ensemble":
         fold = metrics.get("holdout_fit")
-        chains, draws = 4, 1 if fold is None or fold["tail_dof"] is None else 8
-        assert (fold is not None) == (name == "sinusoid")  # regression: σ, τ and the tails fitted on the folds
-        if fold is not None:
+        assert fold is not None  # regression: σ, τ and the tails fitted on the folds; classification: τ and c
+        chains, draws = 4, 1 if fold["tail_dof"] is None else 8
+        if name == "blobs":  # c on every τ_m² by the mixture's Brier score estimated on the folds
+            assert fold["noise"] is None and fold["scale_rule"] == "mixture Brier"
+            scores = fold["scale_scores"]
+            assert set(scores) == {"0.25", "0.5", "0.7", "1.0", "2.0", "4.0"}
+            assert fold["scale"] == float(max(scores, key=scores.get))
+            assert "each member's τ_m² × c with c = " in (run / "summary.txt").read_text()
+        else:
             assert set(fold["tail_scores"]) == {"2.5", "3.0", "4.0", "6.0", "10.0", "30.0", "inf"}
             shares = fold["share_scores"]  # 1 always; the others where the second-moment rule applies
             assert "1.0" in shares and set(shares) <= {"1.0", "0.5", "0.25", "0.1", "0.05"}

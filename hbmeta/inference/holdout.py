@@ -85,6 +85,18 @@ score and the mean out-of-sample variance kept
 (:func:`~hbmeta.inference.spread_power.fit_spread_power`); p = 0 is one
 scale for every task.
 
+**Classification.** The second-moment identity holds for class probabilities
+too: with e_y the one-hot label, ``mean_m ‖e_y − p_m‖² = ‖e_y − p̄‖² +
+mean_m ‖p_m − p̄‖²``, so the Brier score of the M-member mixture on a new task
+is ``B_1 − d(M − 1)/M``, ``B_1`` a member's Brier score on the tasks it left
+out and ``d`` half the mean squared gap of two members' probabilities there
+(:func:`mixture_brier`). Each τ_m is fitted for its member alone, and mixed
+over M members the predictive is under-confident; so every τ_m² is
+multiplied by the c of :data:`CLASS_SCALES` whose estimated mixture Brier
+score is lowest (a proper score of the mixture itself, with no M-member
+prediction needed). c = 1 keeps the members' own fits. The estimate leans
+towards c = 1, where each τ_m was fitted on these same tasks.
+
 What bias remains: the members that make these predictions trained on
 ``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
 (σ is then slightly too large: a conservative error); and ν is fitted on
@@ -116,6 +128,7 @@ from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictiv
 
 _FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
 NOISE_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)  # s, the factors on the members' σ_m² tried with τ_m kept
+CLASS_SCALES = (0.25, 0.5, 0.7, 1.0, 2.0, 4.0)  # c on every τ_m² tried for classification (mixture_brier)
 
 
 class HoldoutNoise(NamedTuple):
@@ -140,7 +153,7 @@ class TaskScale(NamedTuple):
     """τ_m and σ_m of every member with the task-level posterior (:func:`holdout_task_scale`).
 
     - ``tau``: ``(M,)`` τ_m after scaling; ``noise``: ``(M,)`` σ_m after scaling (None for classification).
-    - ``scale``: c, the factor applied to (τ², σ²) (1 for classification and for a fixed σ).
+    - ``scale``: c, the factor applied to (τ², σ²) (τ² alone for classification; 1 for a fixed σ).
     - ``member_mse``, ``spread``: r² and v of the members' linearised predictive means.
     - ``mean_var``: V̄, the members' mean out-of-sample predictive variance before scaling.
     - ``tail_dof``: ν of the scale mixture chosen on the folds (``inf``: Gaussian, one node).
@@ -148,13 +161,15 @@ class TaskScale(NamedTuple):
     - ``tail_scores``: ``{ν: out-of-sample mean log-likelihood per point}`` for every ν tried.
     - ``scale_rule``: how c was chosen: ``"second moment"`` (``c = V / V̄``), ``"folds' likelihood"`` (the
       members' spread alone exceeds the error of their mean, so ``V ≤ 0``: :func:`choose_scale`), or
-      ``"fixed"`` (c = 1: classification or a fixed σ).
+      ``"mixture Brier"`` (classification: :func:`mixture_brier`), or ``"fixed"`` (c = 1: a fixed σ, or
+      classification with ``class_scales=(1.0,)``).
     - ``noise_share``: s, the factor on every member's type-II σ_m² (τ_m kept) chosen on the folds before c
       (1: the members' own fits); ``noise`` already includes it.
     - ``share_scores``: ``{s: the folds' mixture log-likelihood per point}`` for every s compared.
     - ``spread_power``, ``spread_ref``: p and s̄² of the per-task factor h_j on (τ², σ²)
       (:mod:`hbmeta.model.support_spread`; p = 0: none), chosen on the folds after s; ``scale``, ``tau`` and
       ``noise`` include its normalisation k_p. ``spread_scores``: ``{p: the folds' score}`` for every p tried.
+    - ``scale_scores``: classification, ``{c: minus the mixture's estimated Brier score}`` for every c tried.
     """
 
     tau: np.ndarray
@@ -172,6 +187,7 @@ class TaskScale(NamedTuple):
     spread_power: float = 0.0
     spread_ref: float = 1.0
     spread_scores: dict | None = None
+    scale_scores: dict | None = None
 
 
 def out_of_sample_mask(holdout_index, num_members: int, num_tasks: int) -> np.ndarray:
@@ -195,6 +211,35 @@ def _moments(mu, y, out, w):
     pair_sq = (n * jnp.sum(c * jnp.sum(jnp.square(mu), -1), axis=0) - jnp.sum(jnp.square(s1), -1)) / o
     v = 0.5 * jnp.sum(pair_sq * w) / jnp.sum(0.5 * n * (n - 1) * w)
     return r2, v
+
+
+def mixture_brier(probs, y, out, w) -> float:
+    """The Brier score of the M-member mixture on new tasks, from the members' out-of-sample predictions.
+
+    ``probs`` ``(M, T, Q, k)``: each member's class probabilities on every
+    training task; ``y`` ``(T, Q)`` integer labels; ``out`` ``(M, T)`` 1 where
+    member m did not train on task j; ``w`` ``(T, Q)`` point weights. With e_y
+    one-hot, ``mean_m ‖e_y − p_m‖² = ‖e_y − p̄‖² + mean_m ‖p_m − p̄‖²`` and M
+    members spread by ``d(M − 1)/M`` in expectation, so
+
+        B_M = B_1 − d (M − 1)/M,
+
+    ``B_1`` the out-of-sample members' mean Brier score ``Σ_i (e_y,i − p_m,i)²``
+    and ``d`` half the mean squared gap of two of them (the r² and v of
+    :func:`_moments` on probabilities, times k).
+
+    Example:
+        >>> import numpy as np
+        >>> p = np.tile(np.array([0.6, 0.4]), (2, 1, 1, 1))   # two identical members, one task, one point
+        >>> round(mixture_brier(p, np.array([[0]]), np.ones((2, 1)), np.ones((1, 1))), 6)  # 0.4² + 0.4²
+        0.32
+    """
+    probs = jnp.asarray(probs)
+    k = probs.shape[-1]
+    onehot = jax.nn.one_hot(jnp.asarray(y), k, dtype=probs.dtype)
+    r2, v = _moments(probs, onehot, jnp.asarray(out), jnp.asarray(w, probs.dtype))
+    m = probs.shape[0]
+    return float(k * (r2 - v * (m - 1) / m))
 
 
 def _weights(tasks, dtype):
@@ -322,14 +367,18 @@ def choose_scale(mu, var, y, out, w, *, tails: bool = True):
 
 
 def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num_steps: int = 100,
-                       tails: bool = True, noise_shares=NOISE_SHARES, spread_powers=SPREAD_POWERS) -> TaskScale:
+                       tails: bool = True, noise_shares=NOISE_SHARES, spread_powers=SPREAD_POWERS,
+                       class_scales=CLASS_SCALES) -> TaskScale:
     """τ_m, σ_m of every member with the task-level posterior, fitted on its held-out tasks and scaled (module docstring).
 
     Requires ``spec.task_posterior`` with an inferred τ (``tau=None``). For a
     regression likelihood with an inferred σ both are scaled by c, and with
     ``tails`` the shape ν of the scale mixture is chosen on the folds
-    (:func:`fit_tails`); with a fixed σ, or for classification, only τ_m is
-    fitted, c = 1 and the predictive stays Gaussian (one node).
+    (:func:`fit_tails`); with a fixed σ only τ_m is fitted, c = 1 and the
+    predictive stays Gaussian (one node). For classification every τ_m² is
+    multiplied by the c of ``class_scales`` whose mixture has the lowest
+    estimated Brier score on the folds (:func:`mixture_brier`; ``(1.0,)``
+    keeps the members' own fits).
 
     ``noise_shares``: the factors s on every member's fitted σ_m² (τ_m kept)
     tried before scaling; the one whose mixture scores best on the folds
@@ -350,6 +399,9 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     shares = tuple(float(x) for x in np.atleast_1d(np.asarray(noise_shares, dtype=np.float64)))
     if not shares or 1.0 not in shares or not all(0 < x <= 1 for x in shares):
         raise ValueError(f"noise_shares={noise_shares!r}; expected factors in (0, 1] that include 1.0")
+    class_scales = tuple(float(x) for x in np.atleast_1d(np.asarray(class_scales, dtype=np.float64)))
+    if not class_scales or 1.0 not in class_scales or not all(x > 0 for x in class_scales):
+        raise ValueError(f"class_scales={class_scales!r}; expected factors c > 0 that include 1.0")
     powers = tuple(float(x) for x in np.atleast_1d(np.asarray(spread_powers, dtype=np.float64)))
     if 0.0 not in powers or not all(x >= 0 for x in powers):
         raise ValueError(f"spread_powers={spread_powers!r}; expected powers p ≥ 0 that include 0")
@@ -360,10 +412,10 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
         taus.append(fit.tau)
         sigmas.append(fixed_noise if fixed_noise is not None else fit.noise)
     taus = np.asarray(taus)
-    if not lik.regression:
-        return TaskScale(taus, None, 1.0, float("nan"), float("nan"), float("nan"), scale_rule="fixed")
-    sigmas = np.asarray(sigmas, dtype=np.float64)
     out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
+    if not lik.regression:
+        return _class_scale(spec, flat_theta, tasks, out, taus, class_scales)
+    sigmas = np.asarray(sigmas, dtype=np.float64)
 
     def predict(share):
         preds = [task_predictive(spec, jnp.asarray(flat_theta[m]), tasks, tau=float(taus[m]),
@@ -393,3 +445,17 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     return TaskScale(taus * root, sigmas * math.sqrt(share) * root, scale, r2, v, mean_var, per_task.tail_dof,
                      per_task.tail_nodes, per_task.tail_scores, rule, share, share_scores, per_task.power,
                      per_task.ref, per_task.scores)
+
+
+def _class_scale(spec, flat_theta, tasks, out, taus, class_scales) -> TaskScale:
+    """Classification: every τ_m² × the c of ``class_scales`` with the lowest estimated mixture Brier score."""
+    w = _weights(tasks, flat_theta.dtype)
+    scores = {}
+    for c in sorted(class_scales):
+        probs = jnp.stack([task_predictive(spec, jnp.asarray(flat_theta[m]), tasks, tau=float(taus[m] * math.sqrt(c))).probs
+                           for m in range(flat_theta.shape[0])])
+        scores[c] = -mixture_brier(probs, tasks.y_query, out, w)
+    scale = max(scores, key=scores.get)  # the first of equal scores: the smaller c
+    return TaskScale(taus * math.sqrt(scale), None, scale, float("nan"), float("nan"), float("nan"),
+                     scale_rule="mixture Brier" if len(scores) > 1 else "fixed", share_scores=None,
+                     scale_scores=scores)

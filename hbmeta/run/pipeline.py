@@ -295,7 +295,7 @@ def run_pipeline(cfg: Config, *, out=None, runs_dir="runs", fit_only=False, trai
         if "skipped_steps" in post.info:
             metrics["skipped_steps"] = int(post.info["skipped_steps"])
         fold = post.info.get("holdout_noise") if method == "ensemble" else None
-        if fold is not None and "tau" in fold and fold.get("noise") is not None:  # the task-level fit on the folds
+        if fold is not None and "tau" in fold:  # the task-level fit on the folds
             metrics["holdout_fit"] = task_scale_json(fold)
         predictives = {}
         if evaluate_held_out:

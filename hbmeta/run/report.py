@@ -176,7 +176,13 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
                         + ("" if store["summary_tasks"] == metrics["num_train_tasks"] else
                            f"; posterior.nc and MAML's σ on {store['summary_tasks']} of them (seeded)"))
     fold = metrics.get("holdout_fit")
-    if fold:  # the ensemble's σ, τ and tails, fitted on the tasks each member left out
+    if fold and fold.get("noise") is None:  # classification: τ_m and one c for the mixture
+        lines.append(f"  τ fitted on held-out folds of the training tasks: each member's τ_m² × c with c = "
+                     f"{_fmt(fold['scale'])}"
+                     + (" (the lowest Brier score of the mixture estimated on the folds)"
+                        if fold.get("scale_rule") == "mixture Brier" else "")
+                     + f", giving τ_m {_fmt(min(fold['tau']))}..{_fmt(max(fold['tau']))}")
+    elif fold:  # the ensemble's σ, τ and tails, fitted on the tasks each member left out
         rule = (" (by the folds' likelihood: the members' spread exceeds the error of their mean)"
                 if fold.get("scale_rule") == "folds' likelihood" else "")
         line = (f"  σ and τ fitted on held-out folds of the training tasks: mixture scale c = {_fmt(fold['scale'])}"
@@ -225,7 +231,7 @@ def task_scale_json(fit: dict) -> dict:
     return {
         "scale": float(fit["scale"]), "scale_rule": fit.get("scale_rule", "second moment"),
         "tau": [float(t) for t in fit["tau"]],
-        "noise": [float(t) for t in fit["noise"]],
+        "noise": None if fit.get("noise") is None else [float(t) for t in fit["noise"]],
         "tail_dof": None if math.isinf(dof) else float(dof),
         "noise_share": float(fit.get("noise_share", 1.0)),
         "share_scores": None if not fit.get("share_scores") else
@@ -236,4 +242,6 @@ def task_scale_json(fit: dict) -> dict:
         "spread_ref": float(fit.get("spread_ref", 1.0)),
         "spread_scores": None if not fit.get("spread_scores") else
         {str(k): float(v) for k, v in fit["spread_scores"].items()},
+        "scale_scores": None if not fit.get("scale_scores") else
+        {str(k): float(v) for k, v in fit["scale_scores"].items()},
     }
