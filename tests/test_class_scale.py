@@ -85,3 +85,21 @@ def test_bad_class_scales_are_refused_before_any_fit(bad):
     spec, tasks, theta, index = _blobs_ensemble()
     with pytest.raises(ValueError, match="class_scales=.*expected factors c > 0 that include 1.0"):
         holdout_task_scale(spec, theta, tasks, index, class_scales=bad)
+
+
+def test_run_ensemble_applies_the_scale_to_its_draws_and_class_scale_false_keeps_the_members_own_fits():
+    net = hb.mlp((2, 16, 3))
+    spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss="cross_entropy", step_size=0.1), net.init(jax.random.key(0)),
+                        likelihood=hb.CategoricalLikelihood(), task_posterior=hb.TaskPosterior())
+    tasks = hb.GaussianBlobs(num_classes=3, shots=2, query_shots=3, dim=2).sample(jax.random.key(1), 16)
+    kw = dict(key=2, num_members=4, init=net.init, num_iterations=20, meta_batch_size=4, progress=False)
+    scaled, own = (hb.run_ensemble(spec, tasks, **kw, class_scale=flag) for flag in (True, False))
+    fit, own_fit = scaled.info["holdout_noise"], own.info["holdout_noise"]
+    assert own_fit["scale"] == 1.0 and own_fit["scale_rule"] == "fixed"
+    assert fit["scale_rule"] == "mixture Brier" and fit["scale"] == max(fit["scale_scores"], key=fit["scale_scores"].get)
+    assert fit["scale"] != 1.0  # the check below is not vacuous
+    np.testing.assert_allclose(scaled.samples["tau"][:, 0], own.samples["tau"][:, 0] * math.sqrt(fit["scale"]), rtol=1e-6)
+    np.testing.assert_array_equal(scaled.samples["theta"], own.samples["theta"])  # the same members
+    assert scaled.settings["class_scale"] is True and own.settings["class_scale"] is False
+    with pytest.raises(ValueError, match="class_scale='no'; expected True or False"):
+        hb.run_ensemble(spec, tasks, **kw, class_scale="no")

@@ -44,7 +44,7 @@ from hbmeta.base.jax_checks import as_key
 from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_choice, check_int, check_type
 from hbmeta.inference.common import check_optimizer, json_settings, make_posterior
-from hbmeta.inference.holdout import holdout_noise, holdout_task_scale, member_noise
+from hbmeta.inference.holdout import CLASS_SCALES, holdout_noise, holdout_task_scale, member_noise
 from hbmeta.inference.spread_power import SPREAD_POWERS
 from hbmeta.maml.train import _DEFAULT_OPTIMIZER, init_maml, maml_update
 from hbmeta.model.hierarchical import check_tasks
@@ -177,6 +177,7 @@ def run_ensemble(
     holdout: str = "folds",
     tails: bool = True,
     spread_scale: bool = True,
+    class_scale: bool = True,
     chunk_size: int = 1000,
     member_devices="auto",
     checkpoint=None,
@@ -213,6 +214,11 @@ def run_ensemble(
             the spread s_j² of its support targets, p chosen on the folds (0:
             every task the same; :mod:`hbmeta.inference.spread_power`); False
             gives every task the same scale.
+        class_scale: with the task-level posterior and a categorical
+            likelihood, multiply every τ_m² by the c with the lowest Brier
+            score of the M-member mixture estimated on the folds
+            (:func:`~hbmeta.inference.holdout.mixture_brier`); False keeps
+            each member's own τ_m.
         chunk_size: iterations per compiled chunk (progress between chunks).
         member_devices: where the members train. ``"auto"`` (default): spread
             over this process's devices when there are several, each device
@@ -276,6 +282,8 @@ def run_ensemble(
         raise ValueError(f"tails={tails!r}; expected True or False")
     if not isinstance(spread_scale, bool):
         raise ValueError(f"spread_scale={spread_scale!r}; expected True or False")
+    if not isinstance(class_scale, bool):
+        raise ValueError(f"class_scale={class_scale!r}; expected True or False")
     optimizer = check_optimizer(optimizer)
     check_tasks(spec, tasks)
     if spec.task_posterior is not None and (holdout != "folds" or spec.task_posterior.tau is not None):
@@ -324,7 +332,8 @@ def run_ensemble(
     lik = spec.likelihood
     if spec.task_posterior is not None:
         fitted = holdout_task_scale(spec, flat, tasks, holdout_index, tails=tails,
-                                    spread_powers=SPREAD_POWERS if spread_scale else (0.0,))
+                                    spread_powers=SPREAD_POWERS if spread_scale else (0.0,),
+                                    class_scales=CLASS_SCALES if class_scale else (1.0,))
         root = jnp.sqrt(jnp.asarray(fitted.tail_nodes, flat.dtype))  # (K,): one draw per node of the scale mixture
         draws["theta"] = jnp.repeat(flat[:, None, :], root.shape[0], axis=1)
         draws["tau"] = jnp.asarray(fitted.tau, flat.dtype)[:, None] * root
@@ -345,6 +354,7 @@ def run_ensemble(
     settings = json_settings(num_members=num_members, num_iterations=num_iterations,
                              meta_batch_size=meta_batch_size, optimizer="adam(1e-3)" if optimizer is
                              _DEFAULT_OPTIMIZER else optimizer, holdout=holdout, tails=tails, spread_scale=spread_scale,
+                             class_scale=class_scale,
                              init=type(init).__name__, member_devices=num_devices)
     info = {
         "losses": np.asarray(losses).T,

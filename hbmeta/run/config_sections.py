@@ -162,6 +162,9 @@ class EnsembleSection:
     spread_scale: bool = opt(_ENSEMBLE["spread_scale"], "bool",
                              "with the task-level posterior: each task's (τ², σ²) times a power of its support "
                              "targets' spread, the power chosen on the folds (0: none); false: one scale for all tasks")
+    class_scale: bool = opt(_ENSEMBLE["class_scale"], "bool",
+                            "with the task-level posterior, classification: every τ_m² times the c with the lowest "
+                            "Brier score of the mixture estimated on the folds; false: each member's own τ_m")
     member_devices: int = opt(0, "int", "devices the members train on: 0 = auto (the most local devices that divide "
                               "the members), 1 = one device, n = n devices", lo=0)
 
