@@ -4,7 +4,7 @@ For classification ``holdout_task_scale`` fits each member's τ_m by type-II
 maximum likelihood on the tasks it left out. Mixed over M members, those
 τ_m give an under-confident predictive, so every τ_m² is multiplied by the c
 of ``CLASS_SCALES`` with the lowest Brier score of the M-member mixture,
-estimated on the folds (:func:`hbmeta.inference.holdout.mixture_brier`). This
+estimated on the folds (:func:`hbmeta.inference.class_scale.mixture_brier`). This
 script trains the default blobs ensemble (3-way 2-shot, 2–40–40–3 ReLU,
 |T| = 100, 8 members, held-out folds) on development draws (``DEV_SEED`` of
 ``calibration_gap.py`` plus 100 plus the draw: never a reported result), and
@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import hbmeta as hb
-from hbmeta.inference.holdout import holdout_task_scale, mixture_brier, out_of_sample_mask
+from hbmeta.inference.class_scale import mixture_brier
+from hbmeta.inference.holdout import holdout_task_scale, out_of_sample_mask
 from hbmeta.model.task_linearised import mean_field_probs
 from hbmeta.predict.metrics import expected_calibration_error
 

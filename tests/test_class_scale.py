@@ -1,4 +1,4 @@
-"""The classification ensemble's scale c on every τ_m² (hbmeta.inference.holdout.mixture_brier): the estimate of
+"""The classification ensemble's scale c on every τ_m² (hbmeta.inference.class_scale.mixture_brier): the estimate of
 the M-member mixture's Brier score is exact when every member is out of sample, unbiased (within Monte Carlo
 error) from two or three out-of-sample members per task, and c is the argmin of the estimates, each recomputed."""
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import hbmeta as hb
+from hbmeta.inference.class_scale import CLASS_SCALES, mixture_brier
 from hbmeta.inference.ensemble import holdout_blocks
-from hbmeta.inference.holdout import CLASS_SCALES, holdout_task_scale, mixture_brier, out_of_sample_mask
+from hbmeta.inference.holdout import holdout_task_scale, out_of_sample_mask
 
 
 def _members(rng, num_members, num_tasks, num_points, k=3, spread=1.0):

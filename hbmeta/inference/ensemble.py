@@ -43,8 +43,9 @@ import numpy as np
 from hbmeta.base.jax_checks import as_key
 from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_choice, check_int, check_type
+from hbmeta.inference.class_scale import CLASS_SCALES
 from hbmeta.inference.common import check_optimizer, json_settings, make_posterior
-from hbmeta.inference.holdout import CLASS_SCALES, holdout_noise, holdout_task_scale, member_noise
+from hbmeta.inference.holdout import holdout_noise, holdout_task_scale, member_noise
 from hbmeta.inference.spread_power import SPREAD_POWERS
 from hbmeta.maml.train import _DEFAULT_OPTIMIZER, init_maml, maml_update
 from hbmeta.model.hierarchical import check_tasks
@@ -217,7 +218,7 @@ def run_ensemble(
         class_scale: with the task-level posterior and a categorical
             likelihood, multiply every τ_m² by the c with the lowest Brier
             score of the M-member mixture estimated on the folds
-            (:func:`~hbmeta.inference.holdout.mixture_brier`); False keeps
+            (:func:`~hbmeta.inference.class_scale.mixture_brier`); False keeps
             each member's own τ_m.
         chunk_size: iterations per compiled chunk (progress between chunks).
         member_devices: where the members train. ``"auto"`` (default): spread

@@ -1,7 +1,8 @@
 """The folds' scores of an ensemble's predictive: tail nodes and the out-of-sample mixture log-likelihood.
 
-Shared by :mod:`hbmeta.inference.holdout` (c, ν and the noise share) and
-:mod:`hbmeta.inference.spread_power` (the per-task scale); the rules they
+Shared by :mod:`hbmeta.inference.holdout` (c, ν and the noise share),
+:mod:`hbmeta.inference.spread_power` (the per-task scale) and
+:mod:`hbmeta.inference.class_scale` (classification's c); the rules they
 implement are in the module docstring of :mod:`hbmeta.inference.holdout`.
 Arrays: ``mu``, ``var`` ``(M, T, Q, o)``, every member's predictive mean and
 variance on every training task; ``out`` ``(M, T)``, 1 where member m did not
@@ -20,6 +21,22 @@ from scipy import stats
 
 TAIL_NODES = 8  # K, the Gaussians of each member's scale mixture
 TAIL_DOFS = (2.5, 3.0, 4.0, 6.0, 10.0, 30.0)  # the ν tried, besides ∞ (the Gaussian)
+
+
+@jax.jit
+def _moments(mu, y, out, w):
+    """``(r², v)`` from predictions ``mu`` ``(M, T, Mq, o)``, targets ``y``, mask ``out`` ``(M, T)``, weights ``w``."""
+    o = mu.shape[-1]
+    c = out.astype(mu.dtype)[:, :, None]  # (M, T, 1): member m is out of sample on task j
+    sq = jnp.sum(jnp.square(mu - y), axis=-1) / o  # (M, T, Mq)
+    r2 = jnp.sum(c * sq * w) / jnp.sum(c * w)
+    n = jnp.sum(c, axis=0)  # (T, 1): out-of-sample members per task
+    # Σ_{a<b} c_a c_b ‖μ_a − μ_b‖² = n Σ_a c_a ‖μ_a‖² − ‖Σ_a c_a μ_a‖²  (per point)
+    s1 = jnp.sum(c[..., None] * mu, axis=0)
+    pair_sq = (n * jnp.sum(c * jnp.sum(jnp.square(mu), -1), axis=0) - jnp.sum(jnp.square(s1), -1)) / o
+    v = 0.5 * jnp.sum(pair_sq * w) / jnp.sum(0.5 * n * (n - 1) * w)
+    return r2, v
+
 
 
 def scale_nodes(dof: float, num_nodes: int = TAIL_NODES) -> np.ndarray:

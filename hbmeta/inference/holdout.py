@@ -85,17 +85,9 @@ score and the mean out-of-sample variance kept
 (:func:`~hbmeta.inference.spread_power.fit_spread_power`); p = 0 is one
 scale for every task.
 
-**Classification.** The second-moment identity holds for class probabilities
-too: with e_y the one-hot label, ``mean_m ‖e_y − p_m‖² = ‖e_y − p̄‖² +
-mean_m ‖p_m − p̄‖²``, so the Brier score of the M-member mixture on a new task
-is ``B_1 − d(M − 1)/M``, ``B_1`` a member's Brier score on the tasks it left
-out and ``d`` half the mean squared gap of two members' probabilities there
-(:func:`mixture_brier`). Each τ_m is fitted for its member alone, and mixed
-over M members the predictive is under-confident; so every τ_m² is
-multiplied by the c of :data:`CLASS_SCALES` whose estimated mixture Brier
-score is lowest (a proper score of the mixture itself, with no M-member
-prediction needed). c = 1 keeps the members' own fits. The estimate leans
-towards c = 1, where each τ_m was fitted on these same tasks.
+**Classification** has no σ: every τ_m² is multiplied by the c whose
+mixture has the lowest Brier score estimated on the folds
+(:mod:`hbmeta.inference.class_scale`).
 
 What bias remains: the members that make these predictions trained on
 ``T − 2⌈T/M⌉`` tasks, so they are a little worse than members trained on more
@@ -113,10 +105,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hbmeta.inference.fold_scores import (  # noqa: F401  (TAIL_NODES, fit_tails: part of this module's interface)
+from hbmeta.inference.class_scale import CLASS_SCALES, fit_class_scale, mixture_brier  # noqa: F401
+from hbmeta.inference.fold_scores import (  # noqa: F401  (TAIL_NODES, fit_tails, _moments: this module's interface)
     TAIL_DOFS,
     TAIL_NODES,
     _fold_loglik,
+    _moments,
     fit_tails,
     mixture_fold_score,
     scale_nodes,
@@ -128,7 +122,6 @@ from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictiv
 
 _FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
 NOISE_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)  # s, the factors on the members' σ_m² tried with τ_m kept
-CLASS_SCALES = (0.25, 0.5, 0.7, 1.0, 2.0, 4.0)  # c on every τ_m² tried for classification (mixture_brier)
 
 
 class HoldoutNoise(NamedTuple):
@@ -196,50 +189,6 @@ def out_of_sample_mask(holdout_index, num_members: int, num_tasks: int) -> np.nd
     for m, idx in enumerate(np.asarray(holdout_index)):
         out[m, idx] = 1.0
     return out
-
-
-@jax.jit
-def _moments(mu, y, out, w):
-    """``(r², v)`` from predictions ``mu`` ``(M, T, Mq, o)``, targets ``y``, mask ``out`` ``(M, T)``, weights ``w``."""
-    o = mu.shape[-1]
-    c = out.astype(mu.dtype)[:, :, None]  # (M, T, 1): member m is out of sample on task j
-    sq = jnp.sum(jnp.square(mu - y), axis=-1) / o  # (M, T, Mq)
-    r2 = jnp.sum(c * sq * w) / jnp.sum(c * w)
-    n = jnp.sum(c, axis=0)  # (T, 1): out-of-sample members per task
-    # Σ_{a<b} c_a c_b ‖μ_a − μ_b‖² = n Σ_a c_a ‖μ_a‖² − ‖Σ_a c_a μ_a‖²  (per point)
-    s1 = jnp.sum(c[..., None] * mu, axis=0)
-    pair_sq = (n * jnp.sum(c * jnp.sum(jnp.square(mu), -1), axis=0) - jnp.sum(jnp.square(s1), -1)) / o
-    v = 0.5 * jnp.sum(pair_sq * w) / jnp.sum(0.5 * n * (n - 1) * w)
-    return r2, v
-
-
-def mixture_brier(probs, y, out, w) -> float:
-    """The Brier score of the M-member mixture on new tasks, from the members' out-of-sample predictions.
-
-    ``probs`` ``(M, T, Q, k)``: each member's class probabilities on every
-    training task; ``y`` ``(T, Q)`` integer labels; ``out`` ``(M, T)`` 1 where
-    member m did not train on task j; ``w`` ``(T, Q)`` point weights. With e_y
-    one-hot, ``mean_m ‖e_y − p_m‖² = ‖e_y − p̄‖² + mean_m ‖p_m − p̄‖²`` and M
-    members spread by ``d(M − 1)/M`` in expectation, so
-
-        B_M = B_1 − d (M − 1)/M,
-
-    ``B_1`` the out-of-sample members' mean Brier score ``Σ_i (e_y,i − p_m,i)²``
-    and ``d`` half the mean squared gap of two of them (the r² and v of
-    :func:`_moments` on probabilities, times k).
-
-    Example:
-        >>> import numpy as np
-        >>> p = np.tile(np.array([0.6, 0.4]), (2, 1, 1, 1))   # two identical members, one task, one point
-        >>> round(mixture_brier(p, np.array([[0]]), np.ones((2, 1)), np.ones((1, 1))), 6)  # 0.4² + 0.4²
-        0.32
-    """
-    probs = jnp.asarray(probs)
-    k = probs.shape[-1]
-    onehot = jax.nn.one_hot(jnp.asarray(y), k, dtype=probs.dtype)
-    r2, v = _moments(probs, onehot, jnp.asarray(out), jnp.asarray(w, probs.dtype))
-    m = probs.shape[0]
-    return float(k * (r2 - v * (m - 1) / m))
 
 
 def _weights(tasks, dtype):
@@ -414,7 +363,9 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     taus = np.asarray(taus)
     out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
     if not lik.regression:
-        return _class_scale(spec, flat_theta, tasks, out, taus, class_scales)
+        scale, scores = fit_class_scale(spec, flat_theta, tasks, out, taus, class_scales, _weights(tasks, flat_theta.dtype))
+        return TaskScale(taus * math.sqrt(scale), None, scale, float("nan"), float("nan"), float("nan"),
+                         scale_rule="mixture Brier" if len(scores) > 1 else "fixed", scale_scores=scores)
     sigmas = np.asarray(sigmas, dtype=np.float64)
 
     def predict(share):
@@ -446,16 +397,3 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
                      per_task.tail_nodes, per_task.tail_scores, rule, share, share_scores, per_task.power,
                      per_task.ref, per_task.scores)
 
-
-def _class_scale(spec, flat_theta, tasks, out, taus, class_scales) -> TaskScale:
-    """Classification: every τ_m² × the c of ``class_scales`` with the lowest estimated mixture Brier score."""
-    w = _weights(tasks, flat_theta.dtype)
-    scores = {}
-    for c in sorted(class_scales):
-        probs = jnp.stack([task_predictive(spec, jnp.asarray(flat_theta[m]), tasks, tau=float(taus[m] * math.sqrt(c))).probs
-                           for m in range(flat_theta.shape[0])])
-        scores[c] = -mixture_brier(probs, tasks.y_query, out, w)
-    scale = max(scores, key=scores.get)  # the first of equal scores: the smaller c
-    return TaskScale(taus * math.sqrt(scale), None, scale, float("nan"), float("nan"), float("nan"),
-                     scale_rule="mixture Brier" if len(scores) > 1 else "fixed", share_scores=None,
-                     scale_scores=scores)
