@@ -138,6 +138,26 @@ def mixture_nll(mu, var, y, nodes):
     return -float(np.mean(logsumexp(lp.reshape(-1, *lp.shape[2:]), 0) - math.log(lp.shape[0] * lp.shape[1])))
 
 
+def second_moment_fit(preds_tr, preds, train, held, hold):
+    """The members' stacked held-out predictive and the mixture's c (second moment, floored) and ν on the folds.
+
+    ``preds_tr``, ``preds``: every member's ``(mean, var)`` on the training and the held-out tasks. Returns
+    ``(mu, var, y, target, r², v, c, ν, nodes, cdf)``, cdf that of the held-out points under the scaled mixture.
+    """
+    mu_tr, var_tr = (np.stack(a) for a in zip(*preds_tr))
+    mu, var = (np.stack(a) for a in zip(*preds))
+    members = mu.shape[0]
+    y_tr, y = np.asarray(train.y_query, np.float64), np.asarray(held.y_query, np.float64)
+    out = out_of_sample_mask(hold, members, train.num_tasks)
+    w = jnp.ones(y_tr.shape[:2])
+    r2, v = (float(a) for a in _moments(jnp.asarray(mu_tr), jnp.asarray(y_tr), jnp.asarray(out), w))
+    mean_var = float(np.sum(out[:, :, None] * var_tr[..., 0]) / (np.sum(out) * var_tr.shape[2]))
+    target = r2 - 2 * v * (members - 1) / members
+    c = max(target, _FLOOR * r2) / mean_var
+    dof, nodes, _ = fit_tails(mu_tr, var_tr * c, y_tr, out, w)
+    return mu, var, y, target, r2, v, c, dof, nodes, mixture_cdf(mu, var * c, y, dof, nodes)
+
+
 def analyse(r, grouping):
     t0 = time.perf_counter()
     spec, net, theta, hold = r["spec"], r["net"], r["theta"], r["holdout_index"]
@@ -150,17 +170,7 @@ def analyse(r, grouping):
         fits.append((np.exp(np.asarray(u)), float(loss)))
         preds_tr.append(predict(spec, net, jnp.asarray(theta[m]), train, u, groups, num_groups))
         preds.append(predict(spec, net, jnp.asarray(theta[m]), held, u, groups, num_groups))
-    mu_tr, var_tr = (np.stack(a) for a in zip(*preds_tr))
-    mu, var = (np.stack(a) for a in zip(*preds))
-    y_tr, y = np.asarray(train.y_query, np.float64), np.asarray(held.y_query, np.float64)
-    out = out_of_sample_mask(hold, members, train.num_tasks)
-    w = jnp.ones(y_tr.shape[:2])
-    r2, v = (float(a) for a in _moments(jnp.asarray(mu_tr), jnp.asarray(y_tr), jnp.asarray(out), w))
-    mean_var = float(np.sum(out[:, :, None] * var_tr[..., 0]) / (np.sum(out) * var_tr.shape[2]))
-    target = r2 - 2 * v * (members - 1) / members
-    c = max(target, _FLOOR * r2) / mean_var
-    dof, nodes, _ = fit_tails(mu_tr, var_tr * c, y_tr, out, w)
-    cdf = mixture_cdf(mu, var * c, y, dof, nodes)
+    mu, var, y, target, r2, v, c, dof, nodes, cdf = second_moment_fit(preds_tr, preds, train, held, hold)
     held_v = float(np.mean(mu.var(0)) * members / (members - 1))
     oracle = min(calibration_error(mixture_cdf(mu, var * c * math.exp(s), y, d, scale_nodes(d)))
                  for d in (2.5, 4.0, math.inf) for s in np.linspace(-4, 4, 33))
