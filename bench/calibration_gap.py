@@ -55,6 +55,7 @@ from hbmeta.inference.holdout import (
     out_of_sample_mask,
     scale_nodes,
 )
+from hbmeta.model.support_spread import spread_factor, support_spread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from calibration import maml_optimizer, setups
@@ -128,6 +129,27 @@ def mixture_cdf(mu, var, y, dof, nodes=None):
     if math.isinf(dof):
         return stats.norm.cdf(y[None], mu, np.sqrt(var)).mean(axis=0)
     return stats.t.cdf(y[None], dof, mu, np.sqrt(var * (dof - 2) / dof)).mean(axis=0)
+
+
+def held_out_mixture(spec_task, theta, held, fit):
+    """The mixture that hbmeta predicts on ``held`` from a :class:`~hbmeta.inference.holdout.TaskScale` ``fit``.
+
+    Every member's linearised predictive with its τ_m, σ_m, the per-task factor h_j of ``fit.spread_power``
+    (1 when p = 0) and the tail nodes. Returns ``(mu, var, y, cdf, nll, mse)``: the members' ``(M, T, Q, 1)``
+    means and variances, the targets, each point's F(y), and the mixture's NLL per point and the MSE of its mean.
+    """
+    preds = [hb.task_predictive(spec_task, jnp.asarray(theta[m]), held, tau=float(fit.tau[m]),
+                                noise=float(fit.noise[m])) for m in range(theta.shape[0])]
+    s2 = support_spread(held.y_support, held.support_mask)
+    h = np.asarray(spread_factor(s2, fit.spread_power, fit.spread_ref), np.float64)[None, :, None, None]
+    mu = np.stack([np.asarray(p.mean, np.float64) for p in preds])
+    var = np.stack([np.asarray(p.var, np.float64) for p in preds]) * h
+    y = np.asarray(held.y_query, np.float64)
+    u = np.asarray(fit.tail_nodes)
+    cdf = mixture_cdf(mu, var, y, 0.0, u)[..., 0]
+    sd = np.sqrt(var[:, None] * u[None, :, None, None, None])
+    nll = -np.mean(np.log(stats.norm.pdf(y[None, None], mu[:, None], sd).mean(axis=(0, 1))))
+    return mu, var, y, cdf, float(nll), float(np.mean((mu.mean(0) - y) ** 2))
 
 
 def calibration_error(cdf) -> float:

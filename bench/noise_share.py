@@ -27,32 +27,21 @@ from __future__ import annotations
 import os
 import sys
 
-import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
-import hbmeta as hb
 from hbmeta.inference.holdout import holdout_task_scale
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibration_gap import calibration_error, coverage, mixture_cdf, trained_draws
+from calibration_gap import calibration_error, coverage, held_out_mixture, trained_draws
 
 
 def score(spec_task, theta, held, fit):
-    """Held-out figures of the mixture with ``fit``'s τ_m, σ_m and nodes."""
-    preds = [hb.task_predictive(spec_task, jnp.asarray(theta[m]), held, tau=float(fit.tau[m]),
-                                noise=float(fit.noise[m])) for m in range(theta.shape[0])]
-    mu = np.stack([np.asarray(p.mean, np.float64) for p in preds])
-    var = np.stack([np.asarray(p.var, np.float64) for p in preds])
-    y = np.asarray(held.y_query, np.float64)
-    u = np.asarray(fit.tail_nodes)
-    cdf = mixture_cdf(mu, var, y, 0.0, u)[..., 0]
-    sd = np.sqrt(var[:, None] * u[None, :, None, None, None])
-    nll = -np.mean(np.log(stats.norm.pdf(y[None, None], mu[:, None], sd).mean(axis=(0, 1))))
+    """Held-out figures of the mixture with ``fit``'s τ_m, σ_m, nodes (and per-task factor)."""
+    _, _, _, cdf, nll, mse = held_out_mixture(spec_task, theta, held, fit)
     xs, xq = np.asarray(held.x_support)[..., 0], np.asarray(held.x_query)[..., 0]
     dist = np.abs(xq[:, :, None] - xs[:, None, :]).min(axis=-1)
     return (calibration_error(cdf), coverage(cdf, 0.9), coverage(cdf[dist < 0.22], 0.9),
-            coverage(cdf[dist >= 0.88], 0.9), float(nll), float(np.mean((mu.mean(0) - y) ** 2)))
+            coverage(cdf[dist >= 0.88], 0.9), nll, mse)
 
 
 def main(argv=None):

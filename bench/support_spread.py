@@ -27,33 +27,21 @@ from __future__ import annotations
 import os
 import sys
 
-import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
-import hbmeta as hb
 from hbmeta.inference.holdout import holdout_task_scale
-from hbmeta.model.support_spread import spread_factor, support_spread
+from hbmeta.model.support_spread import support_spread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibration_gap import calibration_error, coverage, mixture_cdf, trained_draws
+from calibration_gap import calibration_error, coverage, held_out_mixture, trained_draws
 
 
 def score(spec_task, theta, held, fit):
     """Held-out figures of the mixture with ``fit``'s τ_m, σ_m, nodes and per-task factor."""
-    preds = [hb.task_predictive(spec_task, jnp.asarray(theta[m]), held, tau=float(fit.tau[m]),
-                                noise=float(fit.noise[m])) for m in range(theta.shape[0])]
+    _, _, _, cdf, nll, mse = held_out_mixture(spec_task, theta, held, fit)
     s2 = np.asarray(support_spread(held.y_support, held.support_mask), np.float64)
-    h = np.asarray(spread_factor(s2, fit.spread_power, fit.spread_ref), np.float64)[None, :, None, None]
-    mu = np.stack([np.asarray(p.mean, np.float64) for p in preds])
-    var = np.stack([np.asarray(p.var, np.float64) for p in preds]) * h
-    y = np.asarray(held.y_query, np.float64)
-    u = np.asarray(fit.tail_nodes)
-    cdf = mixture_cdf(mu, var, y, 0.0, u)[..., 0]
-    sd = np.sqrt(var[:, None] * u[None, :, None, None, None])
-    nll = -np.mean(np.log(stats.norm.pdf(y[None, None], mu[:, None], sd).mean(axis=(0, 1))))
     thirds = [coverage(cdf[g], 0.9) for g in np.array_split(np.argsort(s2, kind="stable"), 3)]
-    return (calibration_error(cdf), coverage(cdf, 0.9), *thirds, float(nll), float(np.mean((mu.mean(0) - y) ** 2)))
+    return (calibration_error(cdf), coverage(cdf, 0.9), *thirds, nll, mse)
 
 
 def main(argv=None):
