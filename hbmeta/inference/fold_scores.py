@@ -38,7 +38,6 @@ def _moments(mu, y, out, w):
     return r2, v
 
 
-
 def scale_nodes(dof: float, num_nodes: int = TAIL_NODES) -> np.ndarray:
     """Relative variances ``u_k`` of a discrete, variance-preserving Student-t with ``dof`` degrees of freedom.
 

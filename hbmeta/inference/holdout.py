@@ -396,4 +396,3 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     return TaskScale(taus * root, sigmas * math.sqrt(share) * root, scale, r2, v, mean_var, per_task.tail_dof,
                      per_task.tail_nodes, per_task.tail_scores, rule, share, share_scores, per_task.power,
                      per_task.ref, per_task.scores)
-
