@@ -533,3 +533,36 @@ def test_float32_model_is_finite_far_from_any_fit():
     wild = jax.random.uniform(jax.random.key(2), (spec.num_params,), minval=-2, maxval=2)
     lp, _ = log_density(hb.build_model(spec), (tasks,), {}, {"theta": wild, "tau": 5.0, "noise": 0.15})
     assert np.isfinite(float(lp))
+
+
+def test_task_predictive_scales_equals_one_call_per_scale_and_checks_its_input():
+    """Linearised once and conditioned S times, every entry is task_predictive's at that (τ_s, σ_s)."""
+    net = hb.mlp((1, 8, 1))
+    spec = hb.ModelSpec(hb.GradientSteps(net.apply), net.init(jax.random.key(0)))
+    tasks = hb.Sinusoid(num_support=4).sample(jax.random.key(1), 5)
+    taus, noises = np.array([0.05, 0.3, 1.2]), np.array([0.6, 0.2, 0.05])
+    both = hb.task_predictive_scales(spec, spec.params, tasks, taus=taus, noises=noises, task_chunk=2)
+    assert both.mean.shape == both.var.shape == (3, 5, 10, 1) and both.probs is None
+    for s in range(3):
+        one = hb.task_predictive(spec, spec.params, tasks, tau=float(taus[s]), noise=float(noises[s]))
+        np.testing.assert_allclose(both.mean[s], one.mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(both.var[s], one.var, rtol=1e-5, atol=1e-7)
+    assert float(jnp.std(both.var[:, 0, 0, 0])) > 0.01  # the scales differ: the comparison is not vacuous
+    blobs = hb.GaussianBlobs(num_classes=3, shots=2, dim=2).sample(jax.random.key(3), 4)
+    cnet = hb.mlp((2, 8, 3))
+    cls = hb.ModelSpec(hb.GradientSteps(cnet.apply, loss="cross_entropy", step_size=0.5), cnet.init(jax.random.key(4)),
+                       likelihood=hb.CategoricalLikelihood())
+    probs = hb.task_predictive_scales(cls, cls.params, blobs, taus=[0.1, 2.0]).probs
+    for s, tau in enumerate((0.1, 2.0)):
+        np.testing.assert_allclose(probs[s], hb.task_predictive(cls, cls.params, blobs, tau=tau).probs, rtol=1e-5, atol=1e-6)
+    for kwargs, pattern in (
+        (dict(taus=[0.1, -1.0], noises=[0.1, 0.1]), r"taus=\[0.1, -1.0\]; expected a non-empty 1-D array of positive"),
+        (dict(taus=[], noises=[]), r"taus=\[\]; expected a non-empty"),
+        (dict(taus="small", noises=[0.1]), "taus='small'; expected a non-empty"),
+        (dict(taus=[0.1, 0.2]), "noises=None; expected"),
+        (dict(taus=[0.1, 0.2], noises=[0.1]), r"noises has shape \(1,\); expected \(2,\)"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            hb.task_predictive_scales(spec, spec.params, tasks, **kwargs)
+    with pytest.raises(ValueError, match=r"noises=\[0.5\]; expected None"):
+        hb.task_predictive_scales(cls, cls.params, blobs, taus=[0.1], noises=[0.5])

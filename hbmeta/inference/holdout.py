@@ -118,7 +118,7 @@ from hbmeta.inference.fold_scores import (  # noqa: F401  (TAIL_NODES, fit_tails
 from hbmeta.inference.spread_power import SPREAD_POWERS, fit_spread_power
 from hbmeta.model.spec import ModelSpec
 from hbmeta.model.support_spread import support_spread
-from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictive
+from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictive_scales
 
 _FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
 NOISE_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)  # s, the factors on the members' σ_m² tried with τ_m kept
@@ -368,18 +368,21 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
                          scale_rule="mixture Brier" if len(scores) > 1 else "fixed", scale_scores=scores)
     sigmas = np.asarray(sigmas, dtype=np.float64)
 
-    def predict(share):
-        preds = [task_predictive(spec, jnp.asarray(flat_theta[m]), tasks, tau=float(taus[m]),
-                                 noise=float(sigmas[m] * math.sqrt(share))) for m in range(num_members)]
-        return jnp.stack([p.mean for p in preds]), jnp.stack([p.var for p in preds])
-
     if fixed_noise is not None:
-        mu, var = predict(1.0)
+        shares = (1.0,)
+    order = sorted(shares, reverse=True)  # 1.0 first: the members' own fits
+    # each member linearised once; its predictive conditioned for every share (task_predictive_scales)
+    preds = [task_predictive_scales(spec, jnp.asarray(flat_theta[m]), tasks, taus=np.full(len(order), taus[m]),
+                                    noises=sigmas[m] * np.sqrt(order)) for m in range(num_members)]
+    mus = jnp.stack([p.mean for p in preds], axis=1)  # (shares, M, T, Q, o)
+    variances = jnp.stack([p.var for p in preds], axis=1)
+    if fixed_noise is not None:
+        mu, var = mus[0], variances[0]
         w = _weights(tasks, mu.dtype)
         return TaskScale(taus, sigmas, 1.0, *_fold_moments(mu, var, tasks.y_query, out, w), scale_rule="fixed")
     best, share_scores = None, {}
-    for share in sorted(shares, reverse=True):  # 1.0 first: the members' own fits
-        mu, var = predict(share)
+    for i, share in enumerate(order):
+        mu, var = mus[i], variances[i]
         w = _weights(tasks, mu.dtype)
         fit = choose_scale(mu, var, tasks.y_query, out, w, tails=tails)
         if share < 1.0 and fit[1] != best[1][1]:
