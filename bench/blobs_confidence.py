@@ -65,7 +65,8 @@ def member_logit_gap(mu, out):
     return float(np.mean(gaps))
 
 
-def draw_rows(draw: int, members: int = 8):
+def train_blobs(draw: int, members: int = 8):
+    """The default blobs ensemble on development draw ``draw``: ``(spec_task, train, held, θ (M, P), holdout index)``."""
     st = setups()["blobs"]
     k_train, k_init, k_fit, k_held = jax.random.split(jax.random.key(DEV_SEED + 100 + draw), 4)
     train = st.family.fixed(k_train, 100).tasks
@@ -73,15 +74,18 @@ def draw_rows(draw: int, members: int = 8):
     net = hb.mlp(st.sizes)
     spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss=st.loss, step_size=st.alpha), net.init(k_init),
                         likelihood=hb.CategoricalLikelihood())
-    spec_task = replace(spec, task_posterior=hb.TaskPosterior())
     ens = hb.run_ensemble(spec, train, key=k_fit, num_members=members, init=net.init,
                           num_iterations=st.maml_iterations, meta_batch_size=min(25, 100 - 2 * -(-100 // members)),
                           optimizer=maml_optimizer(), progress=False)
-    theta = np.asarray(ens.samples["theta"][:, 0])
-    index = np.asarray(ens.info["holdout_index"])
+    return (replace(spec, task_posterior=hb.TaskPosterior()), train, held, np.asarray(ens.samples["theta"][:, 0]),
+            np.asarray(ens.info["holdout_index"]))
+
+
+def draw_rows(draw: int, members: int = 8):
+    spec_task, train, held, theta, index = train_blobs(draw, members)
     own = holdout_task_scale(spec_task, theta, train, index, class_scales=(1.0,))  # each member's own τ_m
     chosen = holdout_task_scale(spec_task, theta, train, index).scale  # what run_ensemble now uses
-    out = out_of_sample_mask(ens.info["holdout_index"], members, 100)
+    out = out_of_sample_mask(index, members, 100)
     n_out = out.sum(0)
     w = out[:, :, None, None] / n_out[None, :, None, None]
     y_train, y_held = np.asarray(train.y_query), np.asarray(held.y_query)

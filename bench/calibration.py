@@ -26,7 +26,10 @@ Methods (every Bayesian one started at MAML's θ, or at the ensemble's members):
   chosen on the same held-out tasks (:mod:`hbmeta.inference.holdout`;
   ``--gaussian-tails``: one Gaussian per member, as before), with each task's
   (τ², σ²) times a power of its support targets' spread, the power chosen on
-  the folds (:mod:`hbmeta.inference.spread_power`; ``--one-scale``: none).
+  the folds (:mod:`hbmeta.inference.spread_power`; ``--one-scale``: none),
+  and each query point's variance times a factor of its distance to the
+  task's nearest support point (:mod:`hbmeta.inference.distance_scale`;
+  ``--one-distance-scale``: none).
 - ``svi``: mean-field SVI (2,000 steps); ``svi+task``: the task-level model
   (τ, σ latent sites) by mean-field SVI (300 steps: one gradient of that model
   costs about 80 times the plain one).
@@ -244,7 +247,8 @@ def run_config(name, num_tasks, args, cfg):
                 return ens, secs, False, None
             scale = holdout_task_scale(spec_task, ens.samples["theta"][:, 0], train, ens.info["holdout_index"],
                                        tails=not args.gaussian_tails,
-                                       **({"spread_powers": (0.0,)} if args.one_scale else {}))
+                                       **({"spread_powers": (0.0,)} if args.one_scale else {}),
+                                       **({"distance_bins": 1} if args.one_distance_scale else {}))
             root = np.sqrt(np.asarray(scale.tail_nodes, np.float32))  # one draw per node of the scale mixture
             samples = {"theta": np.repeat(np.asarray(ens.samples["theta"]), len(root), axis=1),
                        "tau": (scale.tau[:, None] * root).astype(np.float32)}
@@ -253,8 +257,13 @@ def run_config(name, num_tasks, args, cfg):
             if scale.spread_power > 0:  # the per-task scale h_j, applied by sample_predictive
                 samples["spread_power"] = np.full(samples["tau"].shape, scale.spread_power, np.float32)
                 samples["spread_ref"] = np.full(samples["tau"].shape, scale.spread_ref, np.float32)
+            if scale.distance_fit is not None:  # the per-point factor by distance to the support
+                for site, value in (("distance_edges", scale.distance_edges), ("distance_scales", scale.distance_scales)):
+                    samples[site] = np.broadcast_to(np.asarray(value, np.float32),
+                                                   (*samples["tau"].shape, len(value))).copy()
             print(f"{name}:{num_tasks} ensemble+task: scale c = {scale.scale:.3f}, noise share s = "
-                  f"{scale.noise_share:g}, per-task power p = {scale.spread_power:g}, tails ν = {scale.tail_dof}",
+                  f"{scale.noise_share:g}, per-task power p = {scale.spread_power:g}, tails ν = {scale.tail_dof}, "
+                  f"distance factors {np.round(scale.distance_scales, 3).tolist()}",
                   flush=True)
             post = hb.Posterior(samples, spec_task, "ensemble", ens.settings, info={"scale": scale._asdict()})
             return post, secs + time.perf_counter() - t, False, None
@@ -354,6 +363,9 @@ def main(argv=None):
                         help="ensemble+task with one Gaussian per member (the predictive before the fitted tails)")
     parser.add_argument("--members", type=int, default=None,
                         help="ensemble members (default 8; models/sinusoid.toml uses 12 since 2026-12-06)")
+    parser.add_argument("--one-distance-scale", action="store_true",
+                        help="ensemble+task: one scale for every query point (no factor by distance to the support), "
+                             "as before 2026-12-06")
     parser.add_argument("--one-scale", action="store_true",
                         help="ensemble+task: one scale for every task (no per-task factor h_j), as before 2026-12-06")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the held-out seed is fixed)")

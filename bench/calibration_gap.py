@@ -55,6 +55,7 @@ from hbmeta.inference.holdout import (
     out_of_sample_mask,
     scale_nodes,
 )
+from hbmeta.model.support_distance import distance_factor, support_distance
 from hbmeta.model.support_spread import spread_factor, support_spread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +136,8 @@ def held_out_mixture(spec_task, theta, held, fit):
     """The mixture that hbmeta predicts on ``held`` from a :class:`~hbmeta.inference.holdout.TaskScale` ``fit``.
 
     Every member's linearised predictive with its τ_m, σ_m, the per-task factor h_j of ``fit.spread_power``
-    (1 when p = 0) and the tail nodes. Returns ``(mu, var, y, cdf, nll, mse)``: the members' ``(M, T, Q, 1)``
+    (1 when p = 0), the per-point factor c_b by distance to the support (``fit.distance_scales``; 1 with one
+    bin) and the tail nodes. Returns ``(mu, var, y, cdf, nll, mse)``: the members' ``(M, T, Q, 1)``
     means and variances, the targets, each point's F(y), and the mixture's NLL per point and the MSE of its mean.
     """
     preds = [hb.task_predictive(spec_task, jnp.asarray(theta[m]), held, tau=float(fit.tau[m]),
@@ -143,7 +145,9 @@ def held_out_mixture(spec_task, theta, held, fit):
     s2 = support_spread(held.y_support, held.support_mask)
     h = np.asarray(spread_factor(s2, fit.spread_power, fit.spread_ref), np.float64)[None, :, None, None]
     mu = np.stack([np.asarray(p.mean, np.float64) for p in preds])
-    var = np.stack([np.asarray(p.var, np.float64) for p in preds]) * h
+    c = distance_factor(jax.vmap(support_distance)(held.x_support, held.x_query), fit.distance_edges,
+                        fit.distance_scales)
+    var = np.stack([np.asarray(p.var, np.float64) for p in preds]) * h * np.asarray(c, np.float64)[None, ..., None]
     y = np.asarray(held.y_query, np.float64)
     u = np.asarray(fit.tail_nodes)
     cdf = mixture_cdf(mu, var, y, 0.0, u)[..., 0]

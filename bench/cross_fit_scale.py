@@ -29,9 +29,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,9 +38,7 @@ from hbmeta.inference.class_scale import CLASS_SCALES, mixture_brier
 from hbmeta.inference.holdout import holdout_task_scale, out_of_sample_mask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from blobs_confidence import ece, label_loglik
-from calibration import maml_optimizer, setups
-from calibration_gap import DEV_SEED
+from blobs_confidence import ece, label_loglik, train_blobs
 
 
 def cross_fitted_scale(spec_task, theta, train, index, scales=CLASS_SCALES):
@@ -119,24 +115,11 @@ def main(argv=None):
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--cross-fit", action="store_true", help="also the cross-fitted Brier rule")
     args = ap.parse_args(argv)
-    st = setups()["blobs"]
     print("| draw | rule: c | ECE | NLL | Brier | confidence − accuracy |\n|---|---|---|---|---|---|")
     totals: dict = {}
     for draw in range(args.first, args.first + args.draws):
         t0 = time.perf_counter()
-        k_train, k_init, k_fit, k_held = jax.random.split(jax.random.key(DEV_SEED + 100 + draw), 4)
-        train = st.family.fixed(k_train, 100).tasks
-        held = st.family.with_points(num_query=st.eval_query).sample(k_held, 600)
-        net = hb.mlp(st.sizes)
-        spec = hb.ModelSpec(hb.GradientSteps(net.apply, loss=st.loss, step_size=st.alpha), net.init(k_init),
-                            likelihood=hb.CategoricalLikelihood())
-        spec_task = replace(spec, task_posterior=hb.TaskPosterior())
-        M = args.members
-        ens = hb.run_ensemble(spec, train, key=k_fit, num_members=M, init=net.init,
-                              num_iterations=st.maml_iterations, meta_batch_size=min(25, 100 - 2 * -(-100 // M)),
-                              optimizer=maml_optimizer(), progress=False)
-        theta = np.asarray(ens.samples["theta"][:, 0])
-        index = np.asarray(ens.info["holdout_index"])
+        spec_task, train, held, theta, index = train_blobs(draw, args.members)
         lib = holdout_task_scale(spec_task, theta, train, index)
         own = np.asarray(lib.tau) / np.sqrt(lib.scale)
         chosen = {"library": lib.scale}

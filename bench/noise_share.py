@@ -50,7 +50,7 @@ def main(argv=None):
     totals = {"own": [], "chosen": []}
     for draw, spec_task, train, held, theta, index in trained_draws(argv, __doc__.splitlines()[0]):
         for name, shares in (("own", (1.0,)), ("chosen", None)):
-            fit = holdout_task_scale(spec_task, theta, train, index,
+            fit = holdout_task_scale(spec_task, theta, train, index, distance_bins=1,  # this study predates the factor
                                      **({} if shares is None else {"noise_shares": shares}))
             s = score(spec_task, theta, held, fit)
             totals[name].append(s)

@@ -50,7 +50,7 @@ def main(argv=None):
     totals = {"one": [], "chosen": []}
     for draw, spec_task, train, held, theta, index in trained_draws(argv, __doc__.splitlines()[0]):
         for name, powers in (("one", (0.0,)), ("chosen", None)):
-            fit = holdout_task_scale(spec_task, theta, train, index,
+            fit = holdout_task_scale(spec_task, theta, train, index, distance_bins=1,  # this study predates the factor
                                      **({} if powers is None else {"spread_powers": powers}))
             s = score(spec_task, theta, held, fit)
             totals[name].append(s)

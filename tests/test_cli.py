@@ -218,6 +218,16 @@ def test_every_model_runs_end_to_end_at_toy_size(jobs, name):
             assert set(powers) == {"0.0", "0.25", "0.5", "0.75", "1.0", "1.25", "1.5"}
             assert fold["spread_power"] == float(max(powers, key=powers.get))
             assert ("spread_power" in idata.posterior) == (fold["spread_power"] > 0)
+            # the per-point factor by distance to the support: five bins, floored, carried to the predictive;
+            # not fitted under the folds'-likelihood fallback
+            if fold["scale_rule"] == "second moment":
+                assert len(fold["distance_scales"]) == 5 and len(fold["distance_edges"]) == 4
+                assert min(fold["distance_scales"]) >= 0.3 * (1 - 1e-6)
+                assert fold["distance_edges"] == sorted(fold["distance_edges"])
+                assert "per-point scale by distance d to the nearest support point" in (run / "summary.txt").read_text()
+                assert idata.posterior["distance_scales"].shape == (chains, draws, 5)  # kept with the draws
+            else:
+                assert fold["distance_scales"] == [1.0] and "distance_scales" not in idata.posterior
     assert dict(idata.log_likelihood["y"].sizes) == {"chain": chains, "draw": draws, "task": 8}
     held = hb.load_netcdf(run / "heldout.nc")
     assert held.observed_data["y"].shape[0] == 8  # the held-out tasks are in it too

@@ -244,6 +244,7 @@ def test_noise_shares_are_compared_under_the_fallback_too():
     spec, theta, tasks, index = _random_members()
     fit = holdout_task_scale(spec, 3 * theta, tasks, index)
     assert fit.scale_rule == "folds' likelihood" and set(fit.share_scores) == set(NOISE_SHARES)
+    assert fit.distance_fit is None and list(fit.distance_scales) == [1.0]  # no per-point factor without the rule
     assert fit.noise_share == max(fit.share_scores, key=fit.share_scores.get)
     # the chosen share's score is its own fallback fit's: recomputed from the members' predictives with σ_m √s
     own = holdout_task_scale(spec, 3 * theta, tasks, index, noise_shares=(1.0,))

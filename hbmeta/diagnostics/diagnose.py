@@ -113,9 +113,9 @@ def diagnostic_draws(source, *, tasks=None, reference=None, key=None) -> dict:
     return _flatten_functionals(post)
 
 
-# p and s̄² of an ensemble's per-task scale: fitted constants carried as draws (for the predictive), not
-# random quantities, so neither checked nor plotted
-FITTED_CONSTANTS = ("spread_power", "spread_ref")
+# p and s̄² of an ensemble's per-task scale, and the edges and factors of its per-point scale by distance to the
+# support: fitted constants carried as draws (for the predictive), not random quantities, so neither checked nor plotted
+FITTED_CONSTANTS = ("spread_power", "spread_ref", "distance_edges", "distance_scales")
 
 
 def _diagnostic_vars(source, tasks, reference, key):

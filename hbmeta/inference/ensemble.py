@@ -45,6 +45,7 @@ from hbmeta.base.progress import run_in_chunks
 from hbmeta.base.validate import check_choice, check_int, check_type
 from hbmeta.inference.class_scale import CLASS_SCALES
 from hbmeta.inference.common import check_optimizer, json_settings, make_posterior
+from hbmeta.inference.distance_scale import DISTANCE_BINS, DistanceFit
 from hbmeta.inference.holdout import holdout_noise, holdout_task_scale, member_noise
 from hbmeta.inference.spread_power import SPREAD_POWERS
 from hbmeta.maml.train import _DEFAULT_OPTIMIZER, init_maml, maml_update
@@ -179,6 +180,7 @@ def run_ensemble(
     tails: bool = True,
     spread_scale: bool = True,
     class_scale: bool = True,
+    distance_scale: bool = True,
     chunk_size: int = 1000,
     member_devices="auto",
     checkpoint=None,
@@ -220,6 +222,12 @@ def run_ensemble(
             score of the M-member mixture estimated on the folds
             (:func:`~hbmeta.inference.class_scale.mixture_brier`); False keeps
             each member's own τ_m.
+        distance_scale: with the task-level posterior and an inferred σ,
+            multiply each query point's predictive variance by a factor c_b of
+            its distance to the task's nearest support point (five quantile
+            bins; the second-moment rule in each bin, on the folds:
+            :mod:`hbmeta.inference.distance_scale`); False gives every point
+            the same scale.
         chunk_size: iterations per compiled chunk (progress between chunks).
         member_devices: where the members train. ``"auto"`` (default): spread
             over this process's devices when there are several, each device
@@ -251,7 +259,10 @@ def run_ensemble(
         finite ν, and ``samples["spread_power"]``, ``samples["spread_ref"]``
         (p and s̄², the same in every draw) when the folds chose a per-task
         factor h_j = ((s_j²/s̄² + κ)/(1 + κ))^p on (τ², σ²)
-        (:mod:`hbmeta.model.support_spread`); ``info``:
+        (:mod:`hbmeta.model.support_spread`), and ``samples["distance_edges"]``
+        ``(M, K, B − 1)``, ``samples["distance_scales"]`` ``(M, K, B)`` (the
+        same in every draw) with ``distance_scale``
+        (:mod:`hbmeta.model.support_distance`); ``info``:
         ``losses`` ``(M, num_iterations)`` meta-losses, ``train_index`` and
         ``holdout_index`` (each member's task indices), ``member_keys``
         (``jax.random.key_data`` of each member's training key: member m is
@@ -285,6 +296,8 @@ def run_ensemble(
         raise ValueError(f"spread_scale={spread_scale!r}; expected True or False")
     if not isinstance(class_scale, bool):
         raise ValueError(f"class_scale={class_scale!r}; expected True or False")
+    if not isinstance(distance_scale, bool):
+        raise ValueError(f"distance_scale={distance_scale!r}; expected True or False")
     optimizer = check_optimizer(optimizer)
     check_tasks(spec, tasks)
     if spec.task_posterior is not None and (holdout != "folds" or spec.task_posterior.tau is not None):
@@ -334,7 +347,8 @@ def run_ensemble(
     if spec.task_posterior is not None:
         fitted = holdout_task_scale(spec, flat, tasks, holdout_index, tails=tails,
                                     spread_powers=SPREAD_POWERS if spread_scale else (0.0,),
-                                    class_scales=CLASS_SCALES if class_scale else (1.0,))
+                                    class_scales=CLASS_SCALES if class_scale else (1.0,),
+                                    distance_bins=DISTANCE_BINS if distance_scale else 1)
         root = jnp.sqrt(jnp.asarray(fitted.tail_nodes, flat.dtype))  # (K,): one draw per node of the scale mixture
         draws["theta"] = jnp.repeat(flat[:, None, :], root.shape[0], axis=1)
         draws["tau"] = jnp.asarray(fitted.tau, flat.dtype)[:, None] * root
@@ -343,6 +357,9 @@ def run_ensemble(
         if fitted.spread_power > 0:  # the per-task factor h_j on (τ², σ²), applied by the predictive
             draws["spread_power"] = jnp.full(draws["tau"].shape, fitted.spread_power, flat.dtype)
             draws["spread_ref"] = jnp.full(draws["tau"].shape, fitted.spread_ref, flat.dtype)
+        if fitted.distance_fit is not None:  # the per-point factor by distance to the support, applied by the predictive
+            for name, value in (("distance_edges", fitted.distance_edges), ("distance_scales", fitted.distance_scales)):
+                draws[name] = jnp.broadcast_to(jnp.asarray(value, flat.dtype), (*draws["tau"].shape, len(value)))
     elif lik.regression and lik.noise is None:
         if holdout == "folds":
             fitted = holdout_noise(spec, flat, tasks, holdout_index)
@@ -355,15 +372,17 @@ def run_ensemble(
     settings = json_settings(num_members=num_members, num_iterations=num_iterations,
                              meta_batch_size=meta_batch_size, optimizer="adam(1e-3)" if optimizer is
                              _DEFAULT_OPTIMIZER else optimizer, holdout=holdout, tails=tails, spread_scale=spread_scale,
-                             class_scale=class_scale,
+                             class_scale=class_scale, distance_scale=distance_scale,
                              init=type(init).__name__, member_devices=num_devices)
     info = {
         "losses": np.asarray(losses).T,
         "member_keys": np.asarray(jax.random.key_data(member_keys)),
         "train_index": train_index,
         "holdout_index": holdout_index,
-        "holdout_noise": None if fitted is None else {k: (np.asarray(v) if isinstance(v, np.ndarray) else v)
-                                                      for k, v in fitted._asdict().items()},
+        "holdout_noise": None if fitted is None else {
+            k: (np.asarray(v) if isinstance(v, np.ndarray) else
+                {f: np.asarray(x) for f, x in v._asdict().items()} if isinstance(v, DistanceFit) else v)
+            for k, v in fitted._asdict().items()},
         "member_devices_reason": placement,
         "wall_time": wall,
     }

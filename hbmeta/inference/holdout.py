@@ -85,6 +85,18 @@ score and the mean out-of-sample variance kept
 (:func:`~hbmeta.inference.spread_power.fit_spread_power`); p = 0 is one
 scale for every task.
 
+**A scale for each distance from the support** (regression with an inferred
+σ, last). Next to a task's support points the members disagree more than
+their mean errs, and far from them they miss together, so one c is too wide
+near the support and too narrow far from it. The same second-moment rule is
+then applied in each of :data:`~hbmeta.inference.distance_scale.DISTANCE_BINS`
+quantile bins of the query point's distance to its task's nearest support
+point, giving a factor c_b on every member's variance there, floored at
+:data:`~hbmeta.inference.distance_scale.DISTANCE_FLOOR`
+(:mod:`hbmeta.inference.distance_scale`). Under the fallback (V ≤ 0, c by the
+folds' likelihood) it is not fitted: the rule it rests on has no solution
+there for the points together, and per bin it would floor every factor.
+
 **Classification** has no σ: every τ_m² is multiplied by the c whose
 mixture has the lowest Brier score estimated on the folds
 (:mod:`hbmeta.inference.class_scale`).
@@ -106,6 +118,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hbmeta.inference.class_scale import CLASS_SCALES, fit_class_scale, mixture_brier  # noqa: F401
+from hbmeta.inference.distance_scale import DISTANCE_BINS, DistanceFit, fit_distance_scale
 from hbmeta.inference.fold_scores import (  # noqa: F401  (TAIL_NODES, fit_tails, _moments: this module's interface)
     TAIL_DOFS,
     TAIL_NODES,
@@ -117,7 +130,8 @@ from hbmeta.inference.fold_scores import (  # noqa: F401  (TAIL_NODES, fit_tails
 )
 from hbmeta.inference.spread_power import SPREAD_POWERS, fit_spread_power
 from hbmeta.model.spec import ModelSpec
-from hbmeta.model.support_spread import support_spread
+from hbmeta.model.support_distance import support_distance
+from hbmeta.model.support_spread import spread_factor, support_spread
 from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictive_scales
 
 _FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
@@ -163,6 +177,9 @@ class TaskScale(NamedTuple):
       (:mod:`hbmeta.model.support_spread`; p = 0: none), chosen on the folds after s; ``scale``, ``tau`` and
       ``noise`` include its normalisation k_p. ``spread_scores``: ``{p: the folds' score}`` for every p tried.
     - ``scale_scores``: classification, ``{c: minus the mixture's estimated Brier score}`` for every c tried.
+    - ``distance_edges``, ``distance_scales``: ``(B − 1,)`` and ``(B,)``, the per-point factor c_b on the
+      predictive variance by distance to the support (:mod:`hbmeta.inference.distance_scale`; one bin with
+      c = 1: none). ``distance_fit``: the :class:`~hbmeta.inference.distance_scale.DistanceFit` behind them.
     """
 
     tau: np.ndarray
@@ -181,6 +198,9 @@ class TaskScale(NamedTuple):
     spread_ref: float = 1.0
     spread_scores: dict | None = None
     scale_scores: dict | None = None
+    distance_edges: np.ndarray = np.zeros(0)
+    distance_scales: np.ndarray = np.ones(1)
+    distance_fit: DistanceFit | None = None
 
 
 def out_of_sample_mask(holdout_index, num_members: int, num_tasks: int) -> np.ndarray:
@@ -317,7 +337,7 @@ def choose_scale(mu, var, y, out, w, *, tails: bool = True):
 
 def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num_steps: int = 100,
                        tails: bool = True, noise_shares=NOISE_SHARES, spread_powers=SPREAD_POWERS,
-                       class_scales=CLASS_SCALES) -> TaskScale:
+                       class_scales=CLASS_SCALES, distance_bins=DISTANCE_BINS) -> TaskScale:
     """τ_m, σ_m of every member with the task-level posterior, fitted on its held-out tasks and scaled (module docstring).
 
     Requires ``spec.task_posterior`` with an inferred τ (``tau=None``). For a
@@ -336,6 +356,10 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
 
     ``spread_powers``: the powers p of the per-task factor h_j tried after the share
     (:func:`~hbmeta.inference.spread_power.fit_spread_power`); ``(0.0,)`` gives every task the same scale.
+
+    ``distance_bins``: B, the bins of the per-point factor by distance to the support fitted last
+    (:func:`~hbmeta.inference.distance_scale.fit_distance_scale`; regression with an inferred σ, under the
+    second-moment rule); 1 gives every point the same scale.
     """
     tp = spec.task_posterior
     if tp is None or tp.tau is not None:
@@ -351,6 +375,8 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     class_scales = tuple(float(x) for x in np.atleast_1d(np.asarray(class_scales, dtype=np.float64)))
     if not class_scales or 1.0 not in class_scales or not all(x > 0 for x in class_scales):
         raise ValueError(f"class_scales={class_scales!r}; expected factors c > 0 that include 1.0")
+    if isinstance(distance_bins, bool) or not isinstance(distance_bins, int | np.integer) or distance_bins < 1:
+        raise ValueError(f"distance_bins={distance_bins!r}; expected a positive integer (1: one scale for every point)")
     powers = tuple(float(x) for x in np.atleast_1d(np.asarray(spread_powers, dtype=np.float64)))
     if 0.0 not in powers or not all(x >= 0 for x in powers):
         raise ValueError(f"spread_powers={spread_powers!r}; expected powers p ≥ 0 that include 0")
@@ -396,6 +422,15 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
                                 tails=tails, base_tails=(dof, nodes, scores))
     scale *= per_task.norm
     root = float(np.sqrt(scale))
+    distance = None
+    if distance_bins > 1 and rule == "second moment":  # the per-point factor, on the variances the predictive uses
+        h = spread_factor(support_spread(tasks.y_support, tasks.support_mask), per_task.power, per_task.ref)
+        d = jax.vmap(support_distance)(*((tasks.x_support, tasks.x_query) if tasks.support_mask is None else
+                                         (tasks.x_support, tasks.x_query, tasks.support_mask)))
+        distance = fit_distance_scale(mu, var * scale * jnp.asarray(h, var.dtype)[None, :, None, None],
+                                      tasks.y_query, out, w, d, num_bins=distance_bins)
     return TaskScale(taus * root, sigmas * math.sqrt(share) * root, scale, r2, v, mean_var, per_task.tail_dof,
                      per_task.tail_nodes, per_task.tail_scores, rule, share, share_scores, per_task.power,
-                     per_task.ref, per_task.scores)
+                     per_task.ref, per_task.scores,
+                     distance_edges=np.zeros(0) if distance is None else distance.edges,
+                     distance_scales=np.ones(1) if distance is None else distance.scales, distance_fit=distance)

@@ -83,7 +83,8 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
     _method("ensemble", "hbmeta.inference.ensemble", "run_ensemble", "particles",
             "independently meta-trained MAML solutions, one draw each",
             defaults={"num_members": 8, "num_iterations": 10000, "meta_batch_size": 25, "holdout": "folds",
-                      "tails": True, "spread_scale": True, "class_scale": True}),
+                      "tails": True, "spread_scale": True, "class_scale": True,
+                      "distance_scale": True}),
     _method("maml", "hbmeta.inference.dispatch", "maml_posterior", "point", "MAML's point estimate θ (one draw)"),
 )})
 

@@ -16,7 +16,10 @@ pˢ_jq are its mean-field class probabilities. With ``"spread_power"`` and
 ``"spread_ref"`` draws (p and s̄², an ensemble's per-task scale) a regression
 task's (τˢ², σˢ²) are multiplied by h_j = ((s_j²/s̄² + κ)/(1 + κ))^p, s_j² the
 spread of its support targets (:mod:`hbmeta.model.support_spread`), which
-multiplies its predictive variance by h_j. Draws that share θ and α (an
+multiplies its predictive variance by h_j. With ``"distance_edges"`` and
+``"distance_scales"`` draws (an ensemble's per-point factor) each query point's
+variance is multiplied by the factor c_b of its distance to the task's nearest
+support point (:mod:`hbmeta.model.support_distance`). Draws that share θ and α (an
 ensemble member's scale-mixture nodes, or repeated draws) are adapted and
 linearised once per chunk; only the conditioning on the support, a K·o × K·o
 solve, is done per draw. Draws and tasks are processed in fixed-size chunks by one
@@ -38,6 +41,7 @@ from hbmeta.base.jax_checks import as_key
 from hbmeta.base.memory import check_memory
 from hbmeta.base.validate import check_positive_int, check_type
 from hbmeta.model.posterior import Posterior
+from hbmeta.model.support_distance import distance_factor, support_distance
 from hbmeta.model.support_spread import spread_factor, support_spread
 from hbmeta.model.task_linearised import condition_one, linearise
 from hbmeta.tasks.batch import TaskBatch
@@ -136,13 +140,15 @@ def _kernel(spec, *, regression, has_alpha, want_params):
             return linearise(spec, flat, xs, ys, ms, xq, a, full_query=False), flat_phi
         return apply(phi, xq), flat_phi
 
-    def one(adapted, sigma, tau, power, ref, eps, ys, ms, xq, mq):
+    def one(adapted, sigma, tau, power, ref, edges, scales, eps, xs, ys, ms, xq, mq):
         sd = None
         if task_level and regression:  # the per-task factor h_j on (τ², σ²): 1 when p = 0
             root = jnp.sqrt(spread_factor(support_spread(ys, ms), power, ref)).astype(tau.dtype)
             tau, sigma = tau * root, sigma * root
         if task_level:  # the linearised task posterior: per-point sd; logits → mean-field probabilities
             mean, var, probs = condition_one(spec, adapted, ys, ms, xq.shape[0], tau, sigma if regression else None)
+            if regression:  # the per-point factor c_b by distance to the support: 1 with one bin
+                var = var * distance_factor(support_distance(xs, xq, ms), edges, scales).astype(var.dtype)[:, None]
             out, sigma = (mean, jnp.sqrt(var)) if regression else (jnp.log(probs), None)
             if regression:
                 sd = sigma if mq is None else jnp.where(mq[:, None], sigma, jnp.nan)
@@ -161,16 +167,17 @@ def _kernel(spec, *, regression, has_alpha, want_params):
                 y = jnp.where(mq, y, -1)
         return first, y, sd
 
-    def chunk(eps, flat, alpha, inverse, sigma, tau, power, ref, xs, ys, ms, xq, mq):
+    def chunk(eps, flat, alpha, inverse, sigma, tau, power, ref, edges, scales, xs, ys, ms, xq, mq):
         """``flat``, ``alpha``: the block's U distinct (θ, α); ``inverse`` ``(D,)``: each draw's row among them."""
         tasks_map = lambda f, a: jax.vmap(adapt, in_axes=(None, None, 0, 0, 0, 0))(f, a, xs, ys, ms, xq)
         adapted, flat_phi = jax.vmap(tasks_map)(flat, alpha)
 
-        def per_draw(i, s, t, p, r, e):
+        def per_draw(i, s, t, p, r, de, ds, e):
             mine = jax.tree.map(lambda a: a[i], adapted)
-            return jax.vmap(one, in_axes=(0, None, None, None, None, 0, 0, 0, 0, 0))(mine, s, t, p, r, e, ys, ms, xq, mq)
+            return jax.vmap(one, in_axes=(0, None, None, None, None, None, None, 0, 0, 0, 0, 0, 0))(
+                mine, s, t, p, r, de, ds, e, xs, ys, ms, xq, mq)
 
-        first, y, sd = jax.vmap(per_draw)(inverse, sigma, tau, power, ref, eps)
+        first, y, sd = jax.vmap(per_draw)(inverse, sigma, tau, power, ref, edges, scales, eps)
         return first, y, None if flat_phi is None else flat_phi[inverse], sd
 
     if len(_KERNELS) >= 32:
@@ -364,6 +371,11 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
     tau = _tau_draws(posterior, N).astype(flat.dtype)
     power, ref = (np.asarray(posterior.samples[k]).reshape(N).astype(flat.dtype) if k in posterior.samples else
                   np.full(N, fill, flat.dtype) for k, fill in (("spread_power", 0.0), ("spread_ref", 1.0)))
+    if "distance_scales" in posterior.samples:  # the per-point factor by distance to the support, per draw
+        edges = np.asarray(posterior.samples["distance_edges"]).reshape(N, -1).astype(flat.dtype)
+        scales = np.asarray(posterior.samples["distance_scales"]).reshape(N, -1).astype(flat.dtype)
+    else:
+        edges, scales = np.zeros((N, 0), flat.dtype), np.ones((N, 1), flat.dtype)
     D, B = min(draw_chunk, N), min(task_chunk, T)
     # Draws that share θ and α (an ensemble member's tail nodes, repeated draws) adapt and linearise once.
     _, first_of, inverse = np.unique(np.concatenate([flat, alpha[:, None]], axis=1), axis=0, return_index=True,
@@ -385,7 +397,8 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
     inverse = _pad(inverse, n_pad)
     distinct = [np.unique(inverse[i : i + D], return_inverse=True) for i in range(0, n_pad, D)]
     U = max(len(rows) for rows, _ in distinct)  # distinct (θ, α) per block, padded to the largest (one compile)
-    sigma_pad, tau_pad, power_pad, ref_pad = (_pad(a, n_pad) for a in (sigma, tau, power, ref))
+    sigma_pad, tau_pad, power_pad, ref_pad, edges_pad, scales_pad = (
+        _pad(a, n_pad) for a in (sigma, tau, power, ref, edges, scales))
     fields = (*tasks.support(), tasks.x_query, tasks.query_mask)
     data = [None if a is None else _pad(np.asarray(a), t_pad) for a in fields]
     run = _kernel(spec, regression=regression, has_alpha=has_alpha, want_params=return_params)
@@ -404,7 +417,8 @@ def predictive_blocks(posterior: Posterior, tasks: TaskBatch, *, key, draw_chunk
             rows, local = distinct[b]
             rows = first_of[_pad(rows, U)]
             draw_args = (flat[rows], alpha[rows], local.reshape(-1).astype(np.int32), sigma_pad[i : i + D],
-                         tau_pad[i : i + D], power_pad[i : i + D], ref_pad[i : i + D])
+                         tau_pad[i : i + D], power_pad[i : i + D], ref_pad[i : i + D], edges_pad[i : i + D],
+                         scales_pad[i : i + D])
             for j in range(0, t_pad, B):
                 args = [None if a is None else put(a[j : j + B]) for a in data]
                 eps = put(_noise(key, jnp.arange(i, i + D), jnp.arange(j, j + B), out_shape, not regression), 1)

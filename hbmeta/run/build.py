@@ -179,6 +179,7 @@ def method_settings(cfg: Config, method: str | None = None) -> dict:
         return {"num_members": s.num_members, "num_iterations": s.num_iterations,
                 "meta_batch_size": s.meta_batch_size, "holdout": s.holdout, "tails": s.tails,
                 "spread_scale": s.spread_scale, "class_scale": s.class_scale,
+                "distance_scale": s.distance_scale,
                 "member_devices": s.member_devices or "auto", "optimizer": maml_optimizer(cfg)}
     return {}
 

@@ -165,6 +165,10 @@ class EnsembleSection:
     class_scale: bool = opt(_ENSEMBLE["class_scale"], "bool",
                             "with the task-level posterior, classification: every τ_m² times the c with the lowest "
                             "Brier score of the mixture estimated on the folds; false: each member's own τ_m")
+    distance_scale: bool = opt(_ENSEMBLE["distance_scale"], "bool",
+                               "with the task-level posterior, regression: each query point's variance times a factor "
+                               "of its distance to the nearest support point (5 bins, the second-moment rule in each "
+                               "on the folds); false: one scale for all points")
     member_devices: int = opt(0, "int", "devices the members train on: 0 = auto (the most local devices that divide "
                               "the members), 1 = one device, n = n devices", lo=0)
 

@@ -193,6 +193,14 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
         if fold.get("spread_power"):
             line += (f"; per-task scale: (τ², σ²) × ((s²/s̄² + 0.1)/1.1)^p with s² the support targets' spread, "
                      f"p = {_fmt(fold['spread_power'])} (chosen on the folds)")
+        edges, scales = list(fold.get("distance_edges") or ()), list(fold.get("distance_scales") or (1.0,))
+        if len(scales) > 1 or float(scales[0]) != 1.0:
+            e = [_fmt(float(x)) for x in edges]
+            bins = ([f"d < {e[0]}"] + [f"{lo} ≤ d < {hi}" for lo, hi in zip(e[:-1], e[1:])] + [f"d ≥ {e[-1]}"]
+                    if e else ["every d"])
+            line += ("; per-point scale by distance d to the nearest support point: variance × "
+                     + ", ".join(f"{_fmt(float(c))} ({where})" for c, where in zip(scales, bins))
+                     + " (the second-moment rule in each bin, on the folds)")
         if fold.get("tail_dof") is not None:
             line += f"; tails: Student-t ν = {_fmt(fold['tail_dof'])} (chosen on the folds)"
         elif fold.get("tail_scores"):
@@ -244,4 +252,6 @@ def task_scale_json(fit: dict) -> dict:
         {str(k): float(v) for k, v in fit["spread_scores"].items()},
         "scale_scores": None if not fit.get("scale_scores") else
         {str(k): float(v) for k, v in fit["scale_scores"].items()},
+        "distance_edges": [float(e) for e in fit.get("distance_edges", ())],
+        "distance_scales": [float(c) for c in fit.get("distance_scales", (1.0,))],
     }

@@ -1,0 +1,57 @@
+"""How far a query point is from its task's support set: the per-point factor on the task-level predictive variance.
+
+Next to a support point the members of an ensemble disagree more than the
+mean of all M of them errs (their errors there are nearly independent, so
+averaging removes most of them), while far from every support point they
+miss together. One scale for every point is then too wide near the support
+and too narrow far from it. With
+
+    d_jq = min over task j's valid support points k of ‖x_q − x_k‖   (Euclidean, on the flattened inputs)
+
+and bin edges e_1 < … < e_{B−1} (quantiles of d over the training tasks' query
+points), query point q of task j gets the factor c_b of its bin b (the number
+of edges ≤ d_jq) on its linearised predictive variance (the variance of f plus
+σ²). The mean is unchanged. The edges and factors are fitted on the training
+tasks (:func:`hbmeta.inference.distance_scale.fit_distance_scale`); one bin with
+c = 1 is the model without it.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def support_distance(x_support, x_query, support_mask=None):
+    """``d``: each query point's Euclidean distance to the task's nearest valid support point (one task).
+
+    ``x_support`` ``(K, *input)``, ``x_query`` ``(Q, *input)`` (inputs of any shape are flattened);
+    ``support_mask`` ``(K,)`` booleans or None. Returns ``(Q,)``; ``inf`` when no support point is valid.
+    ``jax.vmap`` it over tasks.
+
+    Example:
+        >>> import numpy as np
+        >>> xs = np.array([[0.0], [2.0]]); xq = np.array([[0.5], [3.0], [-1.0]])
+        >>> support_distance(xs, xq).tolist(), support_distance(xs, xq, np.array([False, True])).tolist()
+        ([0.5, 1.0, 1.0], [1.5, 1.0, 3.0])
+    """
+    xs, xq = jnp.asarray(x_support), jnp.asarray(x_query)
+    xs = xs.reshape(xs.shape[0], -1)
+    xq = xq.reshape(xq.shape[0], -1).astype(xs.dtype)
+    d2 = jnp.sum(jnp.square(xq[:, None, :] - xs[None, :, :]), axis=-1)  # (Q, K)
+    if support_mask is not None:
+        d2 = jnp.where(jnp.asarray(support_mask, bool)[None, :], d2, jnp.inf)
+    return jnp.sqrt(jnp.min(d2, axis=-1))
+
+
+def distance_factor(d, edges, scales):
+    """``c_b`` of every distance: ``scales[number of edges ≤ d]``; ``edges`` ``(B − 1,)`` increasing, ``scales`` ``(B,)``.
+
+    Example:
+        >>> import numpy as np
+        >>> distance_factor(np.array([0.1, 0.5, 2.0]), np.array([0.3, 1.0]), np.array([0.4, 1.0, 1.5])).tolist()
+        [0.4000000059604645, 1.0, 1.5]
+    """
+    d = jnp.asarray(d)
+    edges = jnp.asarray(edges, d.dtype)
+    idx = jnp.sum(d[..., None] >= edges, axis=-1)
+    return jnp.asarray(scales, d.dtype)[idx]
