@@ -127,7 +127,7 @@ _EXPORTS = {
     "task_log_likelihood": "hbmeta.model.task_posterior",
     "task_mesh": "hbmeta.tasks.sharding",
     "task_predictive": "hbmeta.model.task_posterior",
-    "task_predictive_scales": "hbmeta.model.task_posterior",
+    "task_predictive_scales": "hbmeta.model.task_scales",
     "tasks_from_table": "hbmeta.tasks.table",
     "to_arviz": "hbmeta.diagnostics.arviz",
     "to_netcdf": "hbmeta.diagnostics.netcdf",

@@ -16,7 +16,7 @@ mixture's Brier score changes little with c (on development draws of
 fold and scoring c on the other half did not change it.
 
 Every member is linearised once and conditioned for all the candidate c
-(:func:`~hbmeta.model.task_posterior.task_predictive_scales`).
+(:func:`~hbmeta.model.task_scales.task_predictive_scales`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hbmeta.inference.fold_scores import _moments
-from hbmeta.model.task_posterior import task_predictive_scales
+from hbmeta.model.task_scales import task_predictive_scales
 
 CLASS_SCALES = (0.25, 0.5, 0.7, 1.0, 2.0, 4.0)  # c on every τ_m² tried (mixture_brier)
 

@@ -132,7 +132,8 @@ from hbmeta.inference.spread_power import SPREAD_POWERS, fit_spread_power
 from hbmeta.model.spec import ModelSpec
 from hbmeta.model.support_distance import support_distance
 from hbmeta.model.support_spread import spread_factor, support_spread
-from hbmeta.model.task_posterior import fit_task_hyperparameters, task_predictive_scales
+from hbmeta.model.task_posterior import fit_task_hyperparameters
+from hbmeta.model.task_scales import task_predictive_scales
 
 _FLOOR = 0.05**2  # V is kept at least this fraction of r² (when the spread alone already covers the errors)
 NOISE_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)  # s, the factors on the members' σ_m² tried with τ_m kept
