@@ -5,8 +5,8 @@ of sample each bin's mixture variance c_b V̄_b + spread_b equals the error of t
 exactly (the second-moment identity per bin), and the floor holds where the spread alone exceeds it; from
 two or three out-of-sample members a task the factors match those from all members within Monte Carlo error;
 the predictive multiplies each point's variance by the factor of its bin and keeps the means; run_ensemble
-records the factors as fitted constants, and ``distance_scale=False`` or one bin leaves the predictive as it
-was; bad arguments are refused before any work.
+records the factors as fitted constants (ArviZ names their axes), and ``distance_scale=False`` or one bin
+leaves the predictive as it was; bad arguments are refused before any work.
 """
 
 import warnings
@@ -118,6 +118,11 @@ def test_the_predictive_scales_each_points_variance_by_its_bins_factor():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hb.diagnose(custom, tasks=tasks)
+    # ArviZ names the factor's axes: the bins and the edges between them
+    idata = hb.to_arviz(custom, tasks, predictive=got)
+    assert idata.posterior["distance_scales"].dims[2:] == ("distance_bin",)
+    assert idata.posterior["distance_edges"].dims[2:] == ("distance_edge",)
+    np.testing.assert_allclose(idata.posterior["distance_scales"].values[0, 0], scales)
     with pytest.raises(ValueError, match="distance_scale='yes'; expected True or False"):
         hb.run_ensemble(spec, tasks, **{**kw, "num_iterations": 2}, distance_scale="yes")
 

@@ -95,6 +95,8 @@ def _posterior_vars(posterior: Posterior, reference, key):
     dims["theta"] = ["parameter"]
     if "phi" in data and data["phi"].ndim == 4:
         dims["phi"] = ["fitted_task", "parameter"]
+    if "distance_scales" in data:  # an ensemble's per-point factor: B bins split by B − 1 edges
+        dims.update(distance_edges=["distance_edge"], distance_scales=["distance_bin"])
     if reference is not None:
         check_type("reference", reference, TaskBatch, hint=" or None")
         data["reference_prediction"] = _reference_values(posterior, reference, key)
