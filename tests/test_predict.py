@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import norm
 
 import hbmeta as hb
-from hbmeta.predict.predictive import _KERNELS, _kernel
+from hbmeta.predict.kernel import KERNEL_CACHE, compiled_chunk
 
 RNG = np.random.default_rng(0)
 
@@ -81,8 +81,8 @@ def test_chunked_equals_unchunked_and_compiles_once(reg):
     for a, w in zip(jax.tree.leaves(part.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-6)
     # the last chunks of draws (12 = 5 + 5 + 2) and tasks (5 = 2 + 2 + 1) were padded: still one compilation
-    run = _kernel(post.spec, regression=True, has_alpha=False, want_params=True)
-    assert any(v[1] is run for v in _KERNELS.values())
+    run = compiled_chunk(post.spec, regression=True, has_alpha=False, want_params=True)
+    assert any(v[1] is run for v in KERNEL_CACHE.values())
     assert run._cache_size() == 2  # the unchunked call and the chunked one
     hb.sample_predictive(post, tasks, key=jax.random.key(9), draw_chunk=5, task_chunk=2, return_params=True)
     assert run._cache_size() == 2
