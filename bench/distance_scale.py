@@ -10,12 +10,15 @@ Columns: the factors, calibration error, 90% coverage overall, near (d < 0.22) a
 support, the lowest of the thirds of the tasks ranked by support spread, NLL and MSE.
 
 With ``--floors``, the factors are also recomputed from the same fit's per-bin moments with other floors
-(c_b = max((r²_b − 2v_b(M − 1)/M)/V̄_b, floor)), one row per floor in every draw and in the summary.
+(c_b = max((r²_b − 2v_b(M − 1)/M)/V̄_b, floor)), one row per floor in every draw and in the summary. With
+``--bins``, the library's fit is repeated with other numbers of quantile bins (``distance_bins``), one row
+per number.
 
 Usage:
     python bench/distance_scale.py --members 12            # 14 draws, about 50 s a draw on 2 cores
     python bench/distance_scale.py --members 12 --floors 0.01 0.05 0.1 0.2 0.3
     python bench/distance_scale.py --members 12 --setup sinusoid_line --first 4 --draws 4
+    python bench/distance_scale.py --members 12 --bins 3 5 8
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import jax
 import numpy as np
 
+from hbmeta.inference.distance_scale import DISTANCE_BINS
 from hbmeta.inference.holdout import holdout_task_scale
 from hbmeta.model.support_distance import support_distance
 from hbmeta.model.support_spread import support_spread
@@ -51,13 +55,19 @@ def refloored(fit, floor, members):
     return fit._replace(distance_scales=scales)
 
 
+def list_option(argv, flag, kind):
+    """``(values, rest)``: the values after ``flag`` up to the next option (None without it), and the other args."""
+    if flag not in argv:
+        return None, argv
+    i = argv.index(flag)
+    j = next((k for k in range(i + 1, len(argv)) if argv[k].startswith("--")), len(argv))
+    return [kind(x) for x in argv[i + 1:j]], argv[:i] + argv[j:]
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    floors = None
-    if "--floors" in argv:
-        i = argv.index("--floors")
-        j = next((k for k in range(i + 1, len(argv)) if argv[k].startswith("--")), len(argv))
-        floors, argv = [float(x) for x in argv[i + 1:j]], argv[:i] + argv[j:]
+    floors, argv = list_option(argv, "--floors", float)
+    bins, argv = list_option(argv, "--bins", int)
     print("| draw | per-point scale | c_b (near → far) | calib. error | cov 90 | near / far | lowest third | NLL | MSE |\n"
           "|---|---|---|---|---|---|---|---|---|")
     totals: dict = {}
@@ -67,6 +77,10 @@ def main(argv=None):
         fits = [("one scale", one), ("by distance", fit)]
         if floors:
             fits = [("one scale", one)] + [(f"floor {x:g}", refloored(fit, x, theta.shape[0])) for x in floors]
+        if bins:
+            fits = [("one scale", one)] + [(f"{b} bins", fit if b == DISTANCE_BINS else
+                                            holdout_task_scale(spec_task, theta, train, index, distance_bins=b))
+                                           for b in bins]
         for name, f in fits:
             r = score(spec_task, theta, held, f)
             totals.setdefault(name, []).append(r)
