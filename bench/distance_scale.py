@@ -12,13 +12,15 @@ support, the lowest of the thirds of the tasks ranked by support spread, NLL and
 With ``--floors``, the factors are also recomputed from the same fit's per-bin moments with other floors
 (c_b = max((r²_b − 2v_b(M − 1)/M)/V̄_b, floor)), one row per floor in every draw and in the summary. With
 ``--bins``, the library's fit is repeated with other numbers of quantile bins (``distance_bins``), one row
-per number.
+per number. With ``--smooth``, the library's fit is also scored with the factor interpolated linearly in d
+between the bins' midpoints (:func:`smooth_factor`) instead of constant within each bin.
 
 Usage:
     python bench/distance_scale.py --members 12            # 14 draws, about 50 s a draw on 2 cores
     python bench/distance_scale.py --members 12 --floors 0.01 0.05 0.1 0.2 0.3
     python bench/distance_scale.py --members 12 --setup sinusoid_line --first 4 --draws 4
     python bench/distance_scale.py --members 12 --bins 3 5 8
+    python bench/distance_scale.py --members 12 --smooth
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ import numpy as np
 
 from hbmeta.inference.distance_scale import DISTANCE_BINS
 from hbmeta.inference.holdout import holdout_task_scale
+from hbmeta.model.support_distance import distance_factor as calibration_gap_factor
 from hbmeta.model.support_distance import support_distance
 from hbmeta.model.support_spread import support_spread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import calibration_gap
 from calibration_gap import calibration_error, coverage, held_out_mixture, trained_draws
 from pair_covariance import print_summary
 
@@ -55,6 +59,31 @@ def refloored(fit, floor, members):
     return fit._replace(distance_scales=scales)
 
 
+def smooth_factor(d, edges, scales):
+    """c(d) linear in d between the bins' midpoints, constant beyond the first and last (a study, not the library's).
+
+    The midpoints: e_1/2 for the first bin, (e_b + e_{b+1})/2 inside, and e_{B−1} + (e_{B−1} − e_{B−2})/2 for the
+    last (a bin with no upper edge). With one bin, c_1 everywhere.
+    """
+    d, edges, scales = np.asarray(d, np.float64), np.asarray(edges, np.float64), np.asarray(scales, np.float64)
+    if len(edges) < 2:
+        return calibration_gap_factor(d, edges, scales)
+    bounds = np.concatenate([[0.0], edges, [edges[-1] + (edges[-1] - edges[-2])]])
+    mids = (bounds[:-1] + bounds[1:]) / 2
+    return np.interp(d, mids, scales)
+
+
+def scored(spec_task, theta, held, fit, smooth):
+    """:func:`score` with the library's step factor, or with :func:`smooth_factor` in its place."""
+    if not smooth:
+        return score(spec_task, theta, held, fit)
+    calibration_gap.distance_factor = smooth_factor
+    try:
+        return score(spec_task, theta, held, fit)
+    finally:
+        calibration_gap.distance_factor = calibration_gap_factor
+
+
 def list_option(argv, flag, kind):
     """``(values, rest)``: the values after ``flag`` up to the next option (None without it), and the other args."""
     if flag not in argv:
@@ -68,6 +97,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     floors, argv = list_option(argv, "--floors", float)
     bins, argv = list_option(argv, "--bins", int)
+    smooth = "--smooth" in argv
+    argv = [a for a in argv if a != "--smooth"]
     print("| draw | per-point scale | c_b (near → far) | calib. error | cov 90 | near / far | lowest third | NLL | MSE |\n"
           "|---|---|---|---|---|---|---|---|---|")
     totals: dict = {}
@@ -81,8 +112,10 @@ def main(argv=None):
             fits = [("one scale", one)] + [(f"{b} bins", fit if b == DISTANCE_BINS else
                                             holdout_task_scale(spec_task, theta, train, index, distance_bins=b))
                                            for b in bins]
+        if smooth:
+            fits.append(("smooth in d", fit))
         for name, f in fits:
-            r = score(spec_task, theta, held, f)
+            r = scored(spec_task, theta, held, f, name == "smooth in d")
             totals.setdefault(name, []).append(r)
             cb = "/".join(f"{c:.2f}" for c in f.distance_scales) if f.distance_fit is not None else "-"
             print(f"| {draw} | {name} | {cb} | {r[0]:.4f} | {r[1]:.3f} | {r[2]:.3f} / {r[3]:.3f} | {min(r[4:7]):.3f} | "
