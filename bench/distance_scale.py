@@ -2,7 +2,8 @@
 
 ``holdout_task_scale`` now fits, last, a factor c_b on every member's predictive variance for each of five
 quantile bins of the query point's distance to its task's nearest support point: the second-moment rule in each
-bin, floored at 0.3 (:mod:`hbmeta.inference.distance_scale`). This script trains the default ensemble (12
+bin, floored at 0.3 (:mod:`hbmeta.inference.distance_scale`), applied linearly in d between the bins' midpoints
+(:func:`hbmeta.model.support_distance.distance_factor`). This script trains the default ensemble (12
 members, |T| = 100, held-out folds) on development draws (``DEV_SEED`` of ``calibration_gap.py``: never a
 reported result) and scores each draw's 600 held-out tasks with the library's fit and with the same fit with
 one scale for every point (``distance_bins=1``: everything else is fitted before the factor, so it is the same).
@@ -12,15 +13,15 @@ support, the lowest of the thirds of the tasks ranked by support spread, NLL and
 With ``--floors``, the factors are also recomputed from the same fit's per-bin moments with other floors
 (c_b = max((r²_b − 2v_b(M − 1)/M)/V̄_b, floor)), one row per floor in every draw and in the summary. With
 ``--bins``, the library's fit is repeated with other numbers of quantile bins (``distance_bins``), one row
-per number. With ``--smooth``, the library's fit is also scored with the factor interpolated linearly in d
-between the bins' midpoints (:func:`smooth_factor`) instead of constant within each bin.
+per number. With ``--steps``, the library's fit is also scored with the factor constant within each bin
+(:func:`step_factor`, the library's until 2026-12-06) instead of linear in d between the bins' midpoints.
 
 Usage:
     python bench/distance_scale.py --members 12            # 14 draws, about 50 s a draw on 2 cores
     python bench/distance_scale.py --members 12 --floors 0.01 0.05 0.1 0.2 0.3
     python bench/distance_scale.py --members 12 --setup sinusoid_line --first 4 --draws 4
     python bench/distance_scale.py --members 12 --bins 3 5 8
-    python bench/distance_scale.py --members 12 --smooth
+    python bench/distance_scale.py --members 12 --steps
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 
 from hbmeta.inference.distance_scale import DISTANCE_BINS
 from hbmeta.inference.holdout import holdout_task_scale
-from hbmeta.model.support_distance import distance_factor as calibration_gap_factor
+from hbmeta.model.support_distance import distance_factor as library_factor
 from hbmeta.model.support_distance import support_distance
 from hbmeta.model.support_spread import support_spread
 
@@ -59,29 +60,21 @@ def refloored(fit, floor, members):
     return fit._replace(distance_scales=scales)
 
 
-def smooth_factor(d, edges, scales):
-    """c(d) linear in d between the bins' midpoints, constant beyond the first and last (a study, not the library's).
-
-    The midpoints: e_1/2 for the first bin, (e_b + e_{b+1})/2 inside, and e_{B−1} + (e_{B−1} − e_{B−2})/2 for the
-    last (a bin with no upper edge). With one bin, c_1 everywhere.
-    """
-    d, edges, scales = np.asarray(d, np.float64), np.asarray(edges, np.float64), np.asarray(scales, np.float64)
-    if len(edges) < 2:
-        return calibration_gap_factor(d, edges, scales)
-    bounds = np.concatenate([[0.0], edges, [edges[-1] + (edges[-1] - edges[-2])]])
-    mids = (bounds[:-1] + bounds[1:]) / 2
-    return np.interp(d, mids, scales)
+def step_factor(d, edges, scales):
+    """c_b of each distance's bin, constant within the bin (``scales[number of edges ≤ d]``): the step factor."""
+    d = np.asarray(d, np.float64)
+    return np.asarray(scales, np.float64)[np.sum(d[..., None] >= np.asarray(edges, np.float64), axis=-1)]
 
 
-def scored(spec_task, theta, held, fit, smooth):
-    """:func:`score` with the library's step factor, or with :func:`smooth_factor` in its place."""
-    if not smooth:
+def scored(spec_task, theta, held, fit, steps):
+    """:func:`score` with the library's factor, or with :func:`step_factor` in its place."""
+    if not steps:
         return score(spec_task, theta, held, fit)
-    calibration_gap.distance_factor = smooth_factor
+    calibration_gap.distance_factor = step_factor
     try:
         return score(spec_task, theta, held, fit)
     finally:
-        calibration_gap.distance_factor = calibration_gap_factor
+        calibration_gap.distance_factor = library_factor
 
 
 def list_option(argv, flag, kind):
@@ -97,8 +90,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     floors, argv = list_option(argv, "--floors", float)
     bins, argv = list_option(argv, "--bins", int)
-    smooth = "--smooth" in argv
-    argv = [a for a in argv if a != "--smooth"]
+    steps = "--steps" in argv
+    argv = [a for a in argv if a != "--steps"]
     print("| draw | per-point scale | c_b (near → far) | calib. error | cov 90 | near / far | lowest third | NLL | MSE |\n"
           "|---|---|---|---|---|---|---|---|---|")
     totals: dict = {}
@@ -112,10 +105,10 @@ def main(argv=None):
             fits = [("one scale", one)] + [(f"{b} bins", fit if b == DISTANCE_BINS else
                                             holdout_task_scale(spec_task, theta, train, index, distance_bins=b))
                                            for b in bins]
-        if smooth:
-            fits.append(("smooth in d", fit))
+        if steps:
+            fits.append(("steps in d", fit))
         for name, f in fits:
-            r = scored(spec_task, theta, held, f, name == "smooth in d")
+            r = scored(spec_task, theta, held, f, name == "steps in d")
             totals.setdefault(name, []).append(r)
             cb = "/".join(f"{c:.2f}" for c in f.distance_scales) if f.distance_fit is not None else "-"
             print(f"| {draw} | {name} | {cb} | {r[0]:.4f} | {r[1]:.3f} | {r[2]:.3f} / {r[3]:.3f} | {min(r[4:7]):.3f} | "

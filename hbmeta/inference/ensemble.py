@@ -223,11 +223,12 @@ def run_ensemble(
             (:func:`~hbmeta.inference.class_scale.mixture_brier`); False keeps
             each member's own τ_m.
         distance_scale: with the task-level posterior and an inferred σ,
-            multiply each query point's predictive variance by a factor c_b of
-            its distance to the task's nearest support point (five quantile
-            bins; the second-moment rule in each bin, on the folds:
-            :mod:`hbmeta.inference.distance_scale`); False gives every point
-            the same scale.
+            multiply each query point's predictive variance by a factor c(d) of
+            its distance d to the task's nearest support point (a factor c_b
+            for each of five quantile bins by the second-moment rule in the
+            bin, on the folds: :mod:`hbmeta.inference.distance_scale`; linear
+            in d between the bins' midpoints); False gives every point the
+            same scale.
         chunk_size: iterations per compiled chunk (progress between chunks).
         member_devices: where the members train. ``"auto"`` (default): spread
             over this process's devices when there are several, each device

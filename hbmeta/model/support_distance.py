@@ -9,10 +9,16 @@ and too narrow far from it. With
     d_jq = min over task j's valid support points k of ‖x_q − x_k‖   (Euclidean, on the flattened inputs)
 
 and bin edges e_1 < … < e_{B−1} (quantiles of d over the training tasks' query
-points), query point q of task j gets the factor c_b of its bin b (the number
-of edges ≤ d_jq) on its linearised predictive variance (the variance of f plus
-σ²). The mean is unchanged. The edges and factors are fitted on the training
-tasks (:func:`hbmeta.inference.distance_scale.fit_distance_scale`); one bin with
+points) with a factor c_b for each bin, query point q of task j gets the factor
+c(d_jq) on its linearised predictive variance (the variance of f plus σ²): c is
+linear in d between the bins' midpoints m_b and constant beyond the first and
+the last,
+
+    m_1 = e_1/2,   m_b = (e_{b−1} + e_b)/2,   m_B = e_{B−1} + (e_{B−1} − e_{B−2})/2   (e_0 = 0),
+
+so the predictive bands do not step at the bin edges. The mean is unchanged.
+The edges and factors are fitted on the training tasks
+(:func:`hbmeta.inference.distance_scale.fit_distance_scale`); one bin with
 c = 1 is the model without it.
 """
 
@@ -44,14 +50,22 @@ def support_distance(x_support, x_query, support_mask=None):
 
 
 def distance_factor(d, edges, scales):
-    """``c_b`` of every distance: ``scales[number of edges ≤ d]``; ``edges`` ``(B − 1,)`` increasing, ``scales`` ``(B,)``.
+    """``c(d)``: ``scales`` linear in ``d`` between the bins' midpoints (module docstring), constant beyond them.
+
+    ``edges`` ``(B − 1,)`` increasing, ``scales`` ``(B,)``: the factor of each bin at its midpoint. With one
+    bin (no edges), ``scales[0]`` everywhere. ``d`` of any shape (``inf`` gets the last bin's factor).
 
     Example:
         >>> import numpy as np
-        >>> distance_factor(np.array([0.1, 0.5, 2.0]), np.array([0.3, 1.0]), np.array([0.4, 1.0, 1.5])).tolist()
-        [0.4000000059604645, 1.0, 1.5]
+        >>> edges, scales = np.array([0.2, 1.0]), np.array([0.4, 1.0, 1.5])   # midpoints 0.1, 0.6, 1.4
+        >>> np.round(distance_factor(np.array([0.0, 0.1, 0.35, 0.6, 1.0, 3.0]), edges, scales), 4).tolist()
+        [0.4, 0.4, 0.7, 1.0, 1.25, 1.5]
     """
     d = jnp.asarray(d)
     edges = jnp.asarray(edges, d.dtype)
-    idx = jnp.sum(d[..., None] >= edges, axis=-1)
-    return jnp.asarray(scales, d.dtype)[idx]
+    scales = jnp.asarray(scales, d.dtype)
+    if edges.shape[-1] == 0:
+        return jnp.broadcast_to(scales[0], d.shape)
+    lower = jnp.concatenate([jnp.zeros(1, d.dtype), edges])  # e_0 = 0, e_1, …, e_{B−1}
+    upper = jnp.concatenate([edges, edges[-1:] + (edges[-1:] - lower[-2:-1])])
+    return jnp.interp(d, (lower + upper) / 2, scales)

@@ -200,7 +200,7 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
                     if e else ["every d"])
             line += ("; per-point scale by distance d to the nearest support point: variance × "
                      + ", ".join(f"{_fmt(float(c))} ({where})" for c, where in zip(scales, bins))
-                     + " (the second-moment rule in each bin, on the folds)")
+                     + " (the second-moment rule in each bin, on the folds; linear in d between the bins' midpoints)")
         if fold.get("tail_dof") is not None:
             line += f"; tails: Student-t ν = {_fmt(fold['tail_dof'])} (chosen on the folds)"
         elif fold.get("tail_scores"):
