@@ -19,8 +19,15 @@ For each development draw (``DEV_SEED`` + 100 + draw, the draws of
 the library and of the cross-fitted score, and for both the held-out (600 tasks ×
 30 points) ECE, NLL, Brier and mean confidence minus accuracy.
 
+Since 2026-12-06 the library's rule is the Brier score's c *gated* by the reliability gap
+(:func:`hbmeta.inference.class_scale.fit_class_scale`): it moves to the c of ``CLASS_SCALES``
+whose estimated gap is nearest zero only where the gap at the Brier score's c is more than two
+standard errors (over the tasks) from zero. The row "Brier" is the rule before (the lowest
+estimated Brier score, ungated), "reliability" the c of a finer grid whose gap is nearest zero,
+ungated, and "library" the gated rule; the standard errors go to stderr.
+
 Usage:
-    python bench/cross_fit_scale.py --first 0 --draws 10      # about 100 s a draw on 2 cores
+    python bench/cross_fit_scale.py --first 0 --draws 10      # about 60 s a draw on 2 cores
 """
 
 from __future__ import annotations
@@ -122,10 +129,14 @@ def main(argv=None):
         spec_task, train, held, theta, index = train_blobs(draw, args.members)
         lib = holdout_task_scale(spec_task, theta, train, index)
         own = np.asarray(lib.tau) / np.sqrt(lib.scale)
-        chosen = {"library": lib.scale}
+        chosen = {"Brier": max(sorted(lib.scale_scores), key=lib.scale_scores.get)}
         if args.cross_fit:
             chosen["cross-fitted"] = cross_fitted_scale(spec_task, theta, train, index)[0]
         chosen["reliability"] = reliability_scale(spec_task, theta, train, index, own)[0]
+        chosen["library"] = lib.scale
+        print(f"(draw {draw}: {lib.scale_rule}; gap ± s.e. by c: "
+              + ", ".join(f"{k:g}: {g:+.4f} ± {e:.4f}" for k, (g, e) in lib.reliability_gaps.items()) + ")",
+              file=sys.stderr, flush=True)
         for name, c in chosen.items():
             r = held_scores(spec_task, theta, held, own * np.sqrt(c))
             totals.setdefault(name, []).append(r)

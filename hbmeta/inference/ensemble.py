@@ -220,8 +220,11 @@ def run_ensemble(
         class_scale: with the task-level posterior and a categorical
             likelihood, multiply every τ_m² by the c with the lowest Brier
             score of the M-member mixture estimated on the folds
-            (:func:`~hbmeta.inference.class_scale.mixture_brier`); False keeps
-            each member's own τ_m.
+            (:func:`~hbmeta.inference.class_scale.mixture_brier`), or, where
+            the mixture's estimated reliability gap there is significant, by
+            the c whose gap is nearest zero
+            (:func:`~hbmeta.inference.class_scale.fit_class_scale`); False
+            keeps each member's own τ_m.
         distance_scale: with the task-level posterior and an inferred σ,
             multiply each query point's predictive variance by a factor c(d) of
             its distance d to the task's nearest support point (a factor c_b

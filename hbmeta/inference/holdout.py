@@ -169,7 +169,9 @@ class TaskScale(NamedTuple):
     - ``tail_scores``: ``{ν: out-of-sample mean log-likelihood per point}`` for every ν tried.
     - ``scale_rule``: how c was chosen: ``"second moment"`` (``c = V / V̄``), ``"folds' likelihood"`` (the
       members' spread alone exceeds the error of their mean, so ``V ≤ 0``: :func:`choose_scale`), or
-      ``"mixture Brier"`` (classification: :func:`mixture_brier`), or ``"fixed"`` (c = 1: a fixed σ, or
+      ``"mixture Brier"`` (classification: :func:`mixture_brier`), ``"mixture reliability"`` (classification,
+      where the reliability gap at the Brier score's c was significant:
+      :func:`~hbmeta.inference.class_scale.fit_class_scale`), or ``"fixed"`` (c = 1: a fixed σ, or
       classification with ``class_scales=(1.0,)``).
     - ``noise_share``: s, the factor on every member's type-II σ_m² (τ_m kept) chosen on the folds before c
       (1: the members' own fits); ``noise`` already includes it.
@@ -178,6 +180,8 @@ class TaskScale(NamedTuple):
       (:mod:`hbmeta.model.support_spread`; p = 0: none), chosen on the folds after s; ``scale``, ``tau`` and
       ``noise`` include its normalisation k_p. ``spread_scores``: ``{p: the folds' score}`` for every p tried.
     - ``scale_scores``: classification, ``{c: minus the mixture's estimated Brier score}`` for every c tried.
+    - ``reliability_gaps``: classification, ``{c: (the mixture's estimated reliability gap, its standard error)}``
+      for every c tried (:func:`~hbmeta.inference.class_scale.reliability_gaps`).
     - ``distance_edges``, ``distance_scales``: ``(B − 1,)`` and ``(B,)``, the per-point factor c_b on the
       predictive variance by distance to the support (:mod:`hbmeta.inference.distance_scale`; one bin with
       c = 1: none). ``distance_fit``: the :class:`~hbmeta.inference.distance_scale.DistanceFit` behind them.
@@ -202,6 +206,7 @@ class TaskScale(NamedTuple):
     distance_edges: np.ndarray = np.zeros(0)
     distance_scales: np.ndarray = np.ones(1)
     distance_fit: DistanceFit | None = None
+    reliability_gaps: dict | None = None
 
 
 def out_of_sample_mask(holdout_index, num_members: int, num_tasks: int) -> np.ndarray:
@@ -348,7 +353,9 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     predictive stays Gaussian (one node). For classification every τ_m² is
     multiplied by the c of ``class_scales`` whose mixture has the lowest
     estimated Brier score on the folds (:func:`mixture_brier`; ``(1.0,)``
-    keeps the members' own fits).
+    keeps the members' own fits), unless the mixture's estimated reliability
+    gap there is significant; then the c whose gap is nearest zero
+    (:func:`~hbmeta.inference.class_scale.fit_class_scale`).
 
     ``noise_shares``: the factors s on every member's fitted σ_m² (τ_m kept)
     tried before scaling; the one whose mixture scores best on the folds
@@ -390,9 +397,10 @@ def holdout_task_scale(spec: ModelSpec, flat_theta, tasks, holdout_index, *, num
     taus = np.asarray(taus)
     out = out_of_sample_mask(holdout_index, num_members, tasks.num_tasks)
     if not lik.regression:
-        scale, scores = fit_class_scale(spec, flat_theta, tasks, out, taus, class_scales, _weights(tasks, flat_theta.dtype))
-        return TaskScale(taus * math.sqrt(scale), None, scale, float("nan"), float("nan"), float("nan"),
-                         scale_rule="mixture Brier" if len(scores) > 1 else "fixed", scale_scores=scores)
+        cls = fit_class_scale(spec, flat_theta, tasks, out, taus, class_scales, _weights(tasks, flat_theta.dtype))
+        return TaskScale(taus * math.sqrt(cls.scale), None, cls.scale, float("nan"), float("nan"), float("nan"),
+                         scale_rule=cls.rule if len(cls.brier_scores) > 1 else "fixed", scale_scores=cls.brier_scores,
+                         reliability_gaps=cls.gaps if len(cls.brier_scores) > 1 else None)
     sigmas = np.asarray(sigmas, dtype=np.float64)
 
     if fixed_noise is not None:

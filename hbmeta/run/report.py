@@ -179,8 +179,7 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
     if fold and fold.get("noise") is None:  # classification: τ_m and one c for the mixture
         lines.append(f"  τ fitted on held-out folds of the training tasks: each member's τ_m² × c with c = "
                      f"{_fmt(fold['scale'])}"
-                     + (" (the lowest Brier score of the mixture estimated on the folds)"
-                        if fold.get("scale_rule") == "mixture Brier" else "")
+                     + _class_rule(fold)
                      + f", giving τ_m {_fmt(min(fold['tau']))}..{_fmt(max(fold['tau']))}")
     elif fold:  # the ensemble's σ, τ and tails, fitted on the tasks each member left out
         rule = (" (by the folds' likelihood: the members' spread exceeds the error of their mean)"
@@ -230,6 +229,20 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
     return "\n".join(lines) + "\n"
 
 
+def _class_rule(fold) -> str:
+    """How the classification ensemble's c was chosen, in words (``metrics.json``'s ``holdout_fit``)."""
+    rule, gaps = fold.get("scale_rule"), fold.get("reliability_gaps") or {}
+    if rule == "mixture Brier":
+        return " (the lowest Brier score of the mixture estimated on the folds)"
+    if rule == "mixture reliability":
+        brier = max(fold["scale_scores"], key=fold["scale_scores"].get)
+        gap, se = gaps.get(brier, gaps.get(str(brier), (float("nan"), float("nan"))))
+        return (f" (where the mixture's reliability gap estimated on the folds is nearest zero: at c = {_fmt(float(brier))},"
+                f" which had the lowest Brier score, the mixture was {'under' if gap > 0 else 'over'}-confident by"
+                f" {abs(gap):.3f} ± {se:.3f})")
+    return ""
+
+
 def task_scale_json(fit: dict) -> dict:
     """A :class:`~hbmeta.inference.holdout.TaskScale` as a dict (``fit._asdict()``) in JSON types: ``metrics.json``'s ``holdout_fit``.
 
@@ -252,6 +265,8 @@ def task_scale_json(fit: dict) -> dict:
         {str(k): float(v) for k, v in fit["spread_scores"].items()},
         "scale_scores": None if not fit.get("scale_scores") else
         {str(k): float(v) for k, v in fit["scale_scores"].items()},
+        "reliability_gaps": None if not fit.get("reliability_gaps") else
+        {str(k): [float(g), float(e)] for k, (g, e) in fit["reliability_gaps"].items()},
         "distance_edges": [float(e) for e in fit.get("distance_edges", ())],
         "distance_scales": [float(c) for c in fit.get("distance_scales", (1.0,))],
     }
