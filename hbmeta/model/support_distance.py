@@ -62,10 +62,21 @@ def distance_factor(d, edges, scales):
         [0.4, 0.4, 0.7, 1.0, 1.25, 1.5]
     """
     d = jnp.asarray(d)
-    edges = jnp.asarray(edges, d.dtype)
     scales = jnp.asarray(scales, d.dtype)
-    if edges.shape[-1] == 0:
+    if jnp.shape(edges)[-1] == 0:
         return jnp.broadcast_to(scales[0], d.shape)
-    lower = jnp.concatenate([jnp.zeros(1, d.dtype), edges])  # e_0 = 0, e_1, …, e_{B−1}
+    return jnp.interp(d, distance_midpoints(jnp.asarray(edges, d.dtype)), scales)
+
+
+def distance_midpoints(edges):
+    """``(B,)`` the bins' midpoints m_b of the module docstring, where :func:`distance_factor` takes each c_b.
+
+    Example:
+        >>> import numpy as np
+        >>> np.round(distance_midpoints(np.array([0.2, 1.0])), 4).tolist()
+        [0.1, 0.6, 1.4]
+    """
+    edges = jnp.asarray(edges)
+    lower = jnp.concatenate([jnp.zeros(1, edges.dtype), edges])  # e_0 = 0, e_1, …, e_{B−1}
     upper = jnp.concatenate([edges, edges[-1:] + (edges[-1:] - lower[-2:-1])])
-    return jnp.interp(d, (lower + upper) / 2, scales)
+    return (lower + upper) / 2

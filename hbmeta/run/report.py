@@ -10,6 +10,7 @@ import numpy as np
 
 from hbmeta.inference.registry import METHODS
 from hbmeta.model.exact import gaussian_distance, linear_gaussian_posterior
+from hbmeta.model.support_distance import distance_midpoints
 from hbmeta.plots import plot_calibration, plot_predictive_band, plot_rank, plot_reliability, plot_trace
 from hbmeta.run.config import Config
 
@@ -194,12 +195,14 @@ def summary_text(cfg: Config, eff: Config, metrics: dict, diagnosis: str, files,
                      f"p = {_fmt(fold['spread_power'])} (chosen on the folds)")
         edges, scales = list(fold.get("distance_edges") or ()), list(fold.get("distance_scales") or (1.0,))
         if len(scales) > 1 or float(scales[0]) != 1.0:
-            e = [_fmt(float(x)) for x in edges]
-            bins = ([f"d < {e[0]}"] + [f"{lo} ≤ d < {hi}" for lo, hi in zip(e[:-1], e[1:])] + [f"d ≥ {e[-1]}"]
-                    if e else ["every d"])
-            line += ("; per-point scale by distance d to the nearest support point: variance × "
-                     + ", ".join(f"{_fmt(float(c))} ({where})" for c, where in zip(scales, bins))
-                     + " (the second-moment rule in each bin, on the folds; linear in d between the bins' midpoints)")
+            if edges:
+                mids = np.asarray(distance_midpoints(np.asarray(edges, np.float64)))
+                at = ", ".join(f"{_fmt(float(c))} at d = {_fmt(float(m))}" for c, m in zip(scales, mids))
+                line += ("; per-point scale by distance d to the nearest support point: variance × c(d), linear in d "
+                         f"through {at} and constant beyond (one c for each of {len(scales)} quantile bins of d, "
+                         "by the second-moment rule in the bin on the folds, taken at the bin's midpoint)")
+            else:
+                line += f"; per-point scale: variance × {_fmt(float(scales[0]))} at every distance from the support"
         if fold.get("tail_dof") is not None:
             line += f"; tails: Student-t ν = {_fmt(fold['tail_dof'])} (chosen on the folds)"
         elif fold.get("tail_scores"):
