@@ -16,8 +16,18 @@ With ``--floors``, the factors are also recomputed from the same fit's per-bin m
 per number. With ``--steps``, the library's fit is also scored with the factor constant within each bin
 (:func:`step_factor`, the library's until 2026-12-06) instead of linear in d between the bins' midpoints.
 
+With ``--defensive F:EPS …`` (2026-12-06), a defensive mixture: (1 − ε) × the same fit with the factors floored
+at F instead of 0.3, plus ε × the library's predictive (floored at 0.3), so that the points next to the support
+can be narrower without a point outside every narrow member costing more than −log ε nats over the library's
+NLL. The rule for adopting it, written down before the run: among the candidates, the one with calibration
+error ≤ 0.02 on the most draws, provided it is more than the library's (9 of 14), its mean calibration error
+is lower than the library's, its mean NLL is at most 0.01 above the library's and its largest NLL at most 0.80,
+and its 90% coverage is in [0.88, 0.92] and every third ≥ 0.85 on at least as many draws as the library's;
+on a tie the larger ε, then the larger F.
+
 Usage:
     python bench/distance_scale.py --members 12            # 14 draws, about 50 s a draw on 2 cores
+    python bench/distance_scale.py --members 12 --defensive 0.05:0.1 0.05:0.25 0.1:0.1 0.1:0.25
     python bench/distance_scale.py --members 12 --floors 0.01 0.05 0.1 0.2 0.3
     python bench/distance_scale.py --members 12 --setup sinusoid_line --first 4 --draws 4
     python bench/distance_scale.py --members 12 --bins 3 5 8
@@ -31,6 +41,7 @@ import sys
 
 import jax
 import numpy as np
+from scipy import stats
 
 from hbmeta.inference.distance_scale import DISTANCE_BINS
 from hbmeta.inference.holdout import holdout_task_scale
@@ -46,6 +57,25 @@ from pair_covariance import print_summary
 
 def score(spec_task, theta, held, fit):
     _, _, _, cdf, nll, mse = held_out_mixture(spec_task, theta, held, fit)
+    return scores_of(held, cdf, nll, mse)
+
+
+def point_density(mu, var, y, nodes):
+    """``(T, Q)`` the density at y of the equal-weight mixture over members and tail nodes (as ``held_out_mixture``)."""
+    sd = np.sqrt(var[:, None] * np.asarray(nodes)[None, :, None, None, None])
+    return stats.norm.pdf(y[None, None], mu[:, None], sd).mean(axis=(0, 1))[..., 0]
+
+
+def defensive_score(spec_task, theta, held, narrow, wide, eps):
+    """:func:`score` of (1 − ε) × the predictive of ``narrow`` + ε × that of ``wide`` (the same members)."""
+    a, b = (held_out_mixture(spec_task, theta, held, f) for f in (narrow, wide))
+    cdf = (1 - eps) * a[3] + eps * b[3]
+    pdf = (1 - eps) * point_density(*a[:3], narrow.tail_nodes) + eps * point_density(*b[:3], wide.tail_nodes)
+    return scores_of(held, cdf, float(-np.mean(np.log(pdf))), a[5])
+
+
+def scores_of(held, cdf, nll, mse):
+    """The columns of the tables from each point's F(y), the NLL and the MSE."""
     d = np.asarray(jax.vmap(support_distance)(held.x_support, held.x_query))
     s2 = np.asarray(support_spread(held.y_support, held.support_mask), np.float64)
     thirds = [coverage(cdf[g], 0.9) for g in np.array_split(np.argsort(s2, kind="stable"), 3)]
@@ -90,6 +120,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     floors, argv = list_option(argv, "--floors", float)
     bins, argv = list_option(argv, "--bins", int)
+    defensive, argv = list_option(argv, "--defensive", lambda x: tuple(float(v) for v in x.split(":")))
     steps = "--steps" in argv
     argv = [a for a in argv if a != "--steps"]
     print("| draw | per-point scale | c_b (near → far) | calib. error | cov 90 | near / far | lowest third | NLL | MSE |\n"
@@ -107,8 +138,14 @@ def main(argv=None):
                                            for b in bins]
         if steps:
             fits.append(("steps in d", fit))
+        for floor, eps in defensive or ():
+            fits.append((f"defensive {floor:g}:{eps:g}", (refloored(fit, floor, theta.shape[0]), eps)))
         for name, f in fits:
-            r = scored(spec_task, theta, held, f, name == "steps in d")
+            if type(f) is tuple:  # (the narrow fit, ε): the defensive mixture with the library's fit
+                f, eps = f
+                r = defensive_score(spec_task, theta, held, f, fit, eps)
+            else:
+                r = scored(spec_task, theta, held, f, name == "steps in d")
             totals.setdefault(name, []).append(r)
             cb = "/".join(f"{c:.2f}" for c in f.distance_scales) if f.distance_fit is not None else "-"
             print(f"| {draw} | {name} | {cb} | {r[0]:.4f} | {r[1]:.3f} | {r[2]:.3f} / {r[3]:.3f} | {min(r[4:7]):.3f} | "
