@@ -38,13 +38,18 @@ def test_with_every_member_out_of_sample_the_estimate_is_the_mixtures_brier_scor
     assert mixture_brier(probs, y, np.ones((5, 7)), w) == pytest.approx(exact, rel=1e-5)
 
 
-def test_from_two_or_three_members_a_task_the_estimate_is_unbiased():
-    rng = np.random.default_rng(1)
-    num_members, num_tasks = 8, 3000
+def _two_or_three_out(seed, num_members=8, num_tasks=3000):
+    """Eight members on many one-point tasks, two or three of them out of sample on each task."""
+    rng = np.random.default_rng(seed)
     probs, y = _members(rng, num_members, num_tasks, 1)
     out = np.zeros((num_members, num_tasks))
     for j in range(num_tasks):
         out[rng.choice(num_members, 2 + j % 2, replace=False), j] = 1.0
+    return probs, y, out, num_tasks
+
+
+def test_from_two_or_three_members_a_task_the_estimate_is_unbiased():
+    probs, y, out, num_tasks = _two_or_three_out(1)
     # per task: the estimate from its out-of-sample members against the 8-member mixture's own Brier score
     est = np.array([mixture_brier(probs[:, j:j + 1], y[j:j + 1], out[:, j:j + 1], np.ones((1, 1)))
                     for j in range(num_tasks)])
@@ -72,12 +77,7 @@ def test_with_every_member_out_of_sample_the_gap_is_the_mixtures_own_gap():
 
 
 def test_from_two_or_three_members_a_task_the_gap_is_unbiased_and_tasks_with_one_are_left_out():
-    rng = np.random.default_rng(5)
-    num_members, num_tasks = 8, 3000
-    probs, y = _members(rng, num_members, num_tasks, 1)
-    out = np.zeros((num_members, num_tasks))
-    for j in range(num_tasks):
-        out[rng.choice(num_members, 2 + j % 2, replace=False), j] = 1.0
+    probs, y, out, num_tasks = _two_or_three_out(5)
     out[:, -1] = 0.0
     out[0, -1] = 1.0  # one member out on the last task: no pair, so no estimate
     est = reliability_gaps(probs, y, out, np.ones((num_tasks, 1)))
