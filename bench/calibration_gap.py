@@ -132,6 +132,16 @@ def mixture_cdf(mu, var, y, dof, nodes=None):
     return stats.t.cdf(y[None], dof, mu, np.sqrt(var * (dof - 2) / dof)).mean(axis=0)
 
 
+def mixture_logpdf(mu, var, y, nodes):
+    """log density at ``y`` of the equal-weight mixture over members (axis 0) and Gaussian tail ``nodes``.
+
+    ``mu``, ``var`` ``(M, …)``, ``y`` the shape after the member axis, ``nodes`` ``(K,)`` relative variances.
+    """
+    u = np.asarray(nodes).reshape((1, -1) + (1,) * (np.ndim(var) - 1))
+    sd = np.sqrt(np.asarray(var)[:, None] * u)
+    return np.log(stats.norm.pdf(y[None, None], np.asarray(mu)[:, None], sd).mean(axis=(0, 1)))
+
+
 def held_out_mixture(spec_task, theta, held, fit):
     """The mixture that hbmeta predicts on ``held`` from a :class:`~hbmeta.inference.holdout.TaskScale` ``fit``.
 
@@ -151,8 +161,7 @@ def held_out_mixture(spec_task, theta, held, fit):
     y = np.asarray(held.y_query, np.float64)
     u = np.asarray(fit.tail_nodes)
     cdf = mixture_cdf(mu, var, y, 0.0, u)[..., 0]
-    sd = np.sqrt(var[:, None] * u[None, :, None, None, None])
-    nll = -np.mean(np.log(stats.norm.pdf(y[None, None], mu[:, None], sd).mean(axis=(0, 1))))
+    nll = -np.mean(mixture_logpdf(mu, var, y, u))
     return mu, var, y, cdf, float(nll), float(np.mean((mu.mean(0) - y) ** 2))
 
 

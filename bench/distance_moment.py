@@ -42,7 +42,7 @@ from hbmeta.inference.fold_scores import mixture_fold_score
 from hbmeta.inference.holdout import out_of_sample_mask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibration_gap import mixture_cdf, trained_draws
+from calibration_gap import mixture_cdf, mixture_logpdf, trained_draws
 from pair_covariance import library_fit, member_parts, print_summary, scores
 
 
@@ -92,8 +92,7 @@ def main(argv=None):
         k_b = (r2 - v * f) / (vbar + v * f)
         var_c = var_h * c_b[b_h][None]
         cdf_c = mixture_cdf(mu_l, var_c[..., None], y3, 0.0, u)[..., 0]
-        sd_c = np.sqrt(var_c[:, None] * u[None, :, None, None])
-        logpdf_c = np.log(stats.norm.pdf(y[None, None], mu_h[:, None], sd_c).mean(axis=(0, 1)))
+        logpdf_c = mixture_logpdf(mu_h, var_c, y, u)
         rows["mixture, c by distance"] = ("/".join(f"{x:.2f}" for x in c_b),
                                           scores(cdf_c, logpdf_c, mu_h.mean(0), y, held))
         # where the spread alone exceeds the bin's error (V_b ≤ 0.05² r²_b), c_b by the folds' likelihood of the bin's
@@ -107,8 +106,7 @@ def main(argv=None):
             c_f[b] = grid[int(np.argmax(ll))]
         var_f = var_h * c_f[b_h][None]
         cdf_f = mixture_cdf(mu_l, var_f[..., None], y3, 0.0, u)[..., 0]
-        sd_f = np.sqrt(var_f[:, None] * u[None, :, None, None])
-        logpdf_f = np.log(stats.norm.pdf(y[None, None], mu_h[:, None], sd_f).mean(axis=(0, 1)))
+        logpdf_f = mixture_logpdf(mu_h, var_f, y, u)
         rows["mixture, c by distance, folds' lik. where V ≤ 0"] = ("/".join(f"{x:.2f}" for x in c_f),
                                                                   scores(cdf_f, logpdf_f, mu_h.mean(0), y, held))
         # shrink the members towards their mean first (λ_b ≤ 1), then rescale their variance where that is not enough
@@ -121,8 +119,7 @@ def main(argv=None):
         mu_s = mean[None] + lam_b * (mu_h - mean[None])
         var_s = var_h * c_sb
         cdf_s = mixture_cdf(mu_s[..., None], var_s[..., None], y3, 0.0, u)[..., 0]
-        sd_s = np.sqrt(var_s[:, None] * u[None, :, None, None])
-        logpdf_s = np.log(stats.norm.pdf(y[None, None], mu_s[:, None], sd_s).mean(axis=(0, 1)))
+        logpdf_s = mixture_logpdf(mu_s, var_s, y, u)
         rows["mixture, shrink then c"] = ("λ " + "/".join(f"{x:.2f}" for x in np.sqrt(lam2)) + ", c "
                                           + "/".join(f"{x:.2f}" for x in c_s), scores(cdf_s, logpdf_s, mean, y, held))
         var_k = k_b[b_h] * (var_h.mean(0) + mu_h.var(0))

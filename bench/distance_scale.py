@@ -41,7 +41,6 @@ import sys
 
 import jax
 import numpy as np
-from scipy import stats
 
 from hbmeta.inference.distance_scale import DISTANCE_BINS
 from hbmeta.inference.holdout import holdout_task_scale
@@ -51,7 +50,7 @@ from hbmeta.model.support_spread import support_spread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import calibration_gap
-from calibration_gap import calibration_error, coverage, held_out_mixture, trained_draws
+from calibration_gap import calibration_error, coverage, held_out_mixture, mixture_logpdf, trained_draws
 from pair_covariance import print_summary
 
 
@@ -60,18 +59,12 @@ def score(spec_task, theta, held, fit):
     return scores_of(held, cdf, nll, mse)
 
 
-def point_density(mu, var, y, nodes):
-    """``(T, Q)`` the density at y of the equal-weight mixture over members and tail nodes (as ``held_out_mixture``)."""
-    sd = np.sqrt(var[:, None] * np.asarray(nodes)[None, :, None, None, None])
-    return stats.norm.pdf(y[None, None], mu[:, None], sd).mean(axis=(0, 1))[..., 0]
-
-
 def defensive_score(spec_task, theta, held, narrow, wide, eps):
     """:func:`score` of (1 − ε) × the predictive of ``narrow`` + ε × that of ``wide`` (the same members)."""
     a, b = (held_out_mixture(spec_task, theta, held, f) for f in (narrow, wide))
     cdf = (1 - eps) * a[3] + eps * b[3]
-    pdf = (1 - eps) * point_density(*a[:3], narrow.tail_nodes) + eps * point_density(*b[:3], wide.tail_nodes)
-    return scores_of(held, cdf, float(-np.mean(np.log(pdf))), a[5])
+    pdf = (1 - eps) * np.exp(mixture_logpdf(*a[:3], narrow.tail_nodes)) + eps * np.exp(mixture_logpdf(*b[:3], wide.tail_nodes))
+    return scores_of(held, cdf, float(-np.mean(np.log(pdf[..., 0]))), a[5])
 
 
 def scores_of(held, cdf, nll, mse):

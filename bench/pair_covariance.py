@@ -42,7 +42,7 @@ from hbmeta.inference.holdout import holdout_task_scale
 from hbmeta.model.support_spread import spread_factor, support_spread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibration_gap import calibration_error, coverage, held_out_mixture, trained_draws
+from calibration_gap import calibration_error, coverage, held_out_mixture, mixture_logpdf, trained_draws
 
 
 def member_parts(spec_task, theta, tasks, fit):
@@ -116,8 +116,7 @@ def library_fit(spec_task, theta, train, index, held):
     """
     fit = holdout_task_scale(spec_task, theta, train, index, distance_bins=1)
     mu, var, y, cdf, _, _ = held_out_mixture(spec_task, theta, held, fit)
-    sd = np.sqrt(var[:, None] * np.asarray(fit.tail_nodes)[None, :, None, None, None])
-    logpdf = np.log(stats.norm.pdf(y[None, None], mu[:, None], sd).mean(axis=(0, 1)))[..., 0]
+    logpdf = mixture_logpdf(mu, var, y, fit.tail_nodes)[..., 0]
     return fit, (mu, var, y, scores(cdf, logpdf, mu.mean(0)[..., 0], y[..., 0], held))
 
 
