@@ -4,7 +4,7 @@ For a chunk of D flat draws and B tasks, :func:`compiled_chunk` returns a jitted
 distinct (θ, α) of the chunk to every task's support set once (the query outputs, or with the task-level
 option the linearisation of :func:`~hbmeta.model.task_linearised.linearise`) and then, per draw, conditions
 on the support with that draw's τ and σ (times the per-task factor h_j of the support spread), multiplies
-each query point's variance by the factor c_b of its distance to the support, and samples the targets from
+each query point's variance by the factor c(d) of its distance d to the support, and samples the targets from
 the noise of :func:`chunk_noise` (standard normal, or Gumbel for the categorical likelihood, keyed by draw
 and task so that results do not depend on the chunk sizes). :func:`pad_rows` pads the last chunk.
 """
@@ -58,7 +58,7 @@ def compiled_chunk(spec, *, regression, has_alpha, want_params):
             tau, sigma = tau * root, sigma * root
         if task_level:  # the linearised task posterior: per-point sd; logits → mean-field probabilities
             mean, var, probs = condition_one(spec, adapted, ys, ms, xq.shape[0], tau, sigma if regression else None)
-            if regression:  # the per-point factor c_b by distance to the support: 1 with one bin
+            if regression:  # the per-point factor c(d) by distance to the support: 1 with one bin
                 var = var * distance_factor(support_distance(xs, xq, ms), edges, scales).astype(var.dtype)[:, None]
             out, sigma = (mean, jnp.sqrt(var)) if regression else (jnp.log(probs), None)
             if regression:

@@ -18,8 +18,8 @@ task's (τˢ², σˢ²) are multiplied by h_j = ((s_j²/s̄² + κ)/(1 + κ))^p,
 spread of its support targets (:mod:`hbmeta.model.support_spread`), which
 multiplies its predictive variance by h_j. With ``"distance_edges"`` and
 ``"distance_scales"`` draws (an ensemble's per-point factor) each query point's
-variance is multiplied by the factor c_b of its distance to the task's nearest
-support point (:mod:`hbmeta.model.support_distance`). Draws that share θ and α (an
+variance is multiplied by the factor c(d) of its distance d to the task's nearest
+support point, linear in d between the bins' midpoints (:mod:`hbmeta.model.support_distance`). Draws that share θ and α (an
 ensemble member's scale-mixture nodes, or repeated draws) are adapted and
 linearised once per chunk; only the conditioning on the support, a K·o × K·o
 solve, is done per draw. Draws and tasks are processed in fixed-size chunks by one
